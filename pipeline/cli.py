@@ -1,0 +1,65 @@
+"""The one command-line entry point, ``catalog-cdc``, with a subcommand per service and tool.
+
+Each area registers its own subcommands (``register(subparsers)`` in its ``cli``
+module); this module only builds the parser, configures logging and turns project
+errors into a one-line message and exit status 1 (2 for usage errors, as argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from pipeline import logs
+from pipeline.errors import CatalogCdcError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.demo import cli as demo_cli
+    from pipeline.stack import cli as stack_cli
+
+    parser = argparse.ArgumentParser(
+        prog="catalog-cdc",
+        description=(
+            "Change-data-capture for product catalogs: PostgreSQL -> Kafka -> search, "
+            "shop APIs, webhooks and edge KV. Connection settings come from "
+            "CATALOG_CDC_* environment variables, else from the local stack."
+        ),
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default: info)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-format", default="kv", choices=["kv", "json"],
+        help="log line format: key=value or JSON (default: kv)",
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    stack_cli.register(sub)
+    demo_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level, args.log_format)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CatalogCdcError as exc:
+        print(f"catalog-cdc: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("catalog-cdc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

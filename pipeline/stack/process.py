@@ -1,0 +1,113 @@
+"""Process plumbing for the local stack: free ports, detached children, pid checks."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """True if ``port`` can be bound on 127.0.0.1 now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def pick_port(previous: int | None) -> int:
+    """Reuse ``previous`` when it is still free (stable endpoints), else a new one."""
+    if previous and port_is_free(previous):
+        return previous
+    return free_port()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    # A zombie child of ours still "exists": treat it as dead.
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return status != "Z"
+
+
+def pid_runs(pid: int | None, executable: str | None) -> bool:
+    """True if ``pid`` is alive *and* runs ``executable`` (guards against pid reuse)."""
+    if not pid or not pid_alive(pid):
+        return False
+    if not executable:
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    name = os.path.basename(executable).encode()
+    return any(os.path.basename(part) == name for part in cmdline[:3])
+
+
+def spawn_detached(argv: Sequence[str], log_file: Path, cwd: Path | None = None) -> int:
+    """Start ``argv`` in its own session, output appended to ``log_file``; return its pid.
+
+    The child outlives this process (it is the stack's job to stop it by pid).
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return proc.pid
+
+
+def stop_pid(pid: int, timeout: float = 15.0) -> bool:
+    """SIGTERM ``pid`` (its process group), wait, SIGKILL if needed.  True if it stopped."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if not pid_alive(pid):
+                return True
+            time.sleep(0.1)
+    return not pid_alive(pid)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
