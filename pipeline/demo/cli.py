@@ -82,11 +82,15 @@ def _progress_printer(label: str) -> Any:
 
 
 def _seed(args: argparse.Namespace) -> int:
+    from pipeline.demo.catalog import load_schema
     from pipeline.demo.seed import seed_catalog
 
+    dsn = _dsn(args)
+    with psycopg.connect(dsn) as conn:
+        load_schema(conn)
     started = time.monotonic()
     counts = seed_catalog(
-        _dsn(args),
+        dsn,
         products=args.products,
         seed=args.seed,
         stores=args.stores,
