@@ -22,6 +22,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.demo import cli as demo_cli
+    from pipeline.reader import cli as reader_cli
     from pipeline.stack import cli as stack_cli
 
     parser = argparse.ArgumentParser(
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     stack_cli.register(sub)
     demo_cli.register(sub)
+    reader_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,617 @@
+"""`catalog-cdc reader`: PostgreSQL logical replication -> Kafka change events.
+
+Guarantees
+----------
+- **No loss.** The slot's flush position is confirmed only up to the end of the
+  newest transaction whose every event, and every event before it, Kafka has
+  acknowledged (idempotent producer, ``acks=all``, no delivery timeout).  After a
+  crash streaming resumes from the slot: some events may be produced twice, none is
+  lost.
+- **Order.** Events are produced in commit order; a row's events always go to the
+  same partition (the partition column's value, by default the product id for
+  product-owned tables), so per key they stay in commit order.
+- **Consistent snapshot.** A new slot is created with an exported snapshot; every
+  table is read under that snapshot in key-ordered chunks (``op='r'``), and streaming
+  starts at the slot's consistent point: no change is missed or applied twice.  A
+  crash during the snapshot drops the slot and redoes it.
+- **Never skips.** A row that cannot be decoded or encoded stops the reader with an
+  error naming the table, key and column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from confluent_kafka import Producer
+from psycopg import sql
+
+from pipeline.codec import EventCodec, make_codec
+from pipeline.events import UNCHANGED_TOAST, ChangeEvent, Row, SnapshotMarker, Source, TableSchema
+from pipeline.kafka import TopicSpec, ensure_topics, partition_for, producer_config
+from pipeline.reader import pgoutput as po
+from pipeline.reader.acks import AckTracker, _Tx
+from pipeline.reader.errors import ReaderError
+from pipeline.reader.incremental import IncrementalSnapshot
+from pipeline.reader.metrics import ReaderMetrics
+from pipeline.reader.relations import RelationCache
+from pipeline.reader.replication import ReplicationConnection, XLogData, lsn_to_int, lsn_to_str
+from pipeline.reader.settings import HEARTBEAT_PREFIX, ReaderSettings
+from pipeline.reader.snapshot import (
+    TableShape,
+    describe_table,
+    iter_chunks,
+    prepare_snapshot_session,
+)
+from pipeline.reader.state import ReaderStateStore
+
+log = logging.getLogger(__name__)
+
+
+def _split(qualified: str) -> tuple[str, str]:
+    schema, _, table = qualified.rpartition(".")
+    return (schema or "public"), table
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Reader:
+    """One reader: one database, one slot, one publication."""
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        bootstrap: str,
+        topic_prefix: str,
+        settings: ReaderSettings,
+        schema_registry_url: str | None = None,
+        codec: EventCodec | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.bootstrap = bootstrap
+        self.prefix = topic_prefix
+        self.settings = settings
+        self.codec = codec or make_codec(
+            topic_prefix=topic_prefix,
+            schema_registry_url=schema_registry_url,
+            kafka_bootstrap=bootstrap,
+        )
+        self.metrics = ReaderMetrics()
+        self.tracker = AckTracker()
+        self.cache = RelationCache()
+        self.signal_schema, self.signal_name = _split(settings.signal_table)
+        self._partitions: dict[str, int] = {}
+        self._primary_keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.captured: set[str] = set()
+        """Schema-qualified names of the tables whose changes become events."""
+        self._tx: _Tx | None = None
+        self._tx_xid: int | None = None
+        self._tx_ts_ms = 0
+        self._db = ""
+        self._last_heartbeat = 0.0
+        self._producer: Producer | None = None
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self.incremental: IncrementalSnapshot | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def topic_for(self, schema: str, table: str) -> str:
+        return f"{self.prefix}.{schema}.{table}"
+
+    @property
+    def producer(self) -> Producer:
+        assert self._producer is not None
+        return self._producer
+
+    @property
+    def conn(self) -> psycopg.Connection[tuple[Any, ...]]:
+        assert self._conn is not None
+        return self._conn
+
+    def _setup_database(self) -> dict[str, TableShape]:
+        """Signal table, publication, replica identities; returns the captured tables."""
+        conn = self.conn
+        sig = sql.Identifier(self.signal_schema, self.signal_name)
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (id text PRIMARY KEY, type text NOT NULL, "
+                "data jsonb, created_at timestamptz NOT NULL DEFAULT now())"
+            ).format(sig)
+        )
+        shapes: dict[str, TableShape] = {}
+        for qualified in self.settings.tables:
+            schema, table = _split(qualified)
+            shape = describe_table(conn, schema, table)
+            pcol = self.settings.partition_columns.get(f"{schema}.{table}")
+            names = {c.name for c in shape.relation.columns}
+            if pcol and pcol not in names:
+                raise ReaderError(
+                    f"partition column {pcol!r} of {schema}.{table} does not exist "
+                    "(CATALOG_CDC_READER_PARTITION_COLUMNS)"
+                )
+            keys = {shape.relation.columns[i].name for i in shape.key_positions}
+            if pcol and pcol not in keys and shape.relation.replica_identity != "f":
+                # A delete only carries the replica identity: to route it to the
+                # partition column's partition, the old row must be logged whole.
+                log.info(
+                    "event=replica_identity_full table=%s.%s reason=partition_column", schema, table
+                )
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(
+                        sql.Identifier(schema, table)
+                    )
+                )
+                shape = describe_table(conn, schema, table)
+            shapes[f"{schema}.{table}"] = shape
+            self.captured.add(f"{schema}.{table}")
+            self._primary_keys[(schema, table)] = tuple(
+                shape.relation.columns[i].name for i in shape.key_positions
+            )
+        tables = [sql.Identifier(*_split(q)) for q in shapes] + [sig]
+        pub = sql.Identifier(self.settings.publication)
+        exists = conn.execute(
+            "SELECT 1 FROM pg_publication WHERE pubname = %s", (self.settings.publication,)
+        ).fetchone()
+        if not exists:
+            conn.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                    pub, sql.SQL(", ").join(tables)
+                )
+            )
+            log.info(
+                "event=publication_created publication=%s tables=%d",
+                self.settings.publication,
+                len(tables),
+            )
+        else:
+            have = {
+                (str(r[0]), str(r[1]))
+                for r in conn.execute(
+                    "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+                    (self.settings.publication,),
+                )
+            }
+            for q in [*shapes, f"{self.signal_schema}.{self.signal_name}"]:
+                if _split(q) not in have:
+                    conn.execute(
+                        sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                            pub, sql.Identifier(*_split(q))
+                        )
+                    )
+                    log.info("event=publication_table_added table=%s", q)
+        return shapes
+
+    def _setup_topics(self, shapes: dict[str, TableShape]) -> None:
+        specs = [TopicSpec(self.topic_for(*_split(q)), self.settings.partitions) for q in shapes]
+        self._partitions.update(ensure_topics(self.bootstrap, specs))
+
+    def _partition_count(self, topic: str) -> int:
+        if topic not in self._partitions:
+            self._partitions.update(
+                ensure_topics(self.bootstrap, [TopicSpec(topic, self.settings.partitions)])
+            )
+        return self._partitions[topic]
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, stop: threading.Event) -> None:
+        """Snapshot if needed, then stream until ``stop`` is set (then drain and confirm)."""
+        self._conn = psycopg.connect(self.dsn, autocommit=True)
+        prepare_snapshot_session(self.conn)
+        self._producer = Producer(producer_config(self.bootstrap))
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_port)
+        try:
+            shapes = self._setup_database()
+            self._setup_topics(shapes)
+            self._run(stop, shapes)
+        finally:
+            if self._producer is not None:
+                self._producer.flush(30)
+            self.conn.close()
+
+    def _run(self, stop: threading.Event, shapes: dict[str, TableShape]) -> None:
+        state_store = ReaderStateStore(self.bootstrap, self.prefix)
+        repl = ReplicationConnection(self.dsn, status_interval=self.settings.status_interval)
+        try:
+            _, _, _, self._db = repl.identify_system()
+            state_key = f"{self._db}/{self.settings.slot}"
+            state = state_store.load(state_key) or {}
+            slot = self.conn.execute(
+                "SELECT confirmed_flush_lsn::text, active_pid FROM pg_replication_slots "
+                "WHERE slot_name = %s AND database = current_database()",
+                (self.settings.slot,),
+            ).fetchone()
+            if (
+                slot is not None
+                and not state.get("snapshot_done")
+                and self.settings.snapshot_mode == "initial"
+            ):
+                log.warning(
+                    "event=snapshot_incomplete slot=%s action=drop_and_redo", self.settings.slot
+                )
+                self.conn.execute("SELECT pg_drop_replication_slot(%s)", (self.settings.slot,))
+                slot = None
+            start_lsn = 0
+            if slot is None:
+                created = repl.create_slot(
+                    self.settings.slot, export_snapshot=self.settings.snapshot_mode == "initial"
+                )
+                log.info(
+                    "event=slot_created slot=%s consistent_point=%s snapshot=%s",
+                    created.name, lsn_to_str(created.consistent_point), created.snapshot_name,
+                )  # fmt: skip
+                if self.settings.snapshot_mode == "initial" and created.snapshot_name:
+                    self._initial_snapshot(
+                        shapes, created.snapshot_name, created.consistent_point, stop
+                    )
+                    if stop.is_set():
+                        return
+                state_store.save(
+                    state_key,
+                    {
+                        "snapshot_done": True,
+                        "consistent_point": lsn_to_str(created.consistent_point),
+                    },
+                )
+                start_lsn = created.consistent_point
+            else:
+                log.info("event=resume slot=%s confirmed_flush=%s", self.settings.slot, slot[0])
+                start_lsn = lsn_to_int(str(slot[0])) if slot[0] else 0
+            repl.start(self.settings.slot, self.settings.publication, start_lsn=start_lsn)
+            repl.confirm(start_lsn)
+            self.incremental = IncrementalSnapshot(self, self.conn)
+            self._stream(repl, stop)
+        finally:
+            repl.close()
+
+    # ------------------------------------------------------------------ snapshot
+
+    def _initial_snapshot(
+        self, shapes: dict[str, TableShape], snapshot_name: str, lsn: int, stop: threading.Event
+    ) -> None:
+        started = time.monotonic()
+        total = 0
+        with psycopg.connect(self.dsn) as snap:
+            prepare_snapshot_session(snap)
+            snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            snap.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
+            names = list(shapes)
+            self.metrics.snapshot_tables_total.set(len(names))
+            tx = self.tracker.begin()
+            ts_ms = _now_ms()
+            for index, qualified in enumerate(names):
+                shape = shapes[qualified]
+                schema = self._apply_relation(shape.relation, shape.types)
+                count = 0
+                for chunk in iter_chunks(snap, shape, self.settings.snapshot_chunk_size):
+                    if stop.is_set():
+                        log.warning("event=snapshot_interrupted table=%s", qualified)
+                        return
+                    for raw in chunk:
+                        row = self.cache.row(shape.relation.relation_id, raw)
+                        self._emit(tx, schema, "r", None, row, lsn, None, ts_ms, "true")
+                    count += len(chunk)
+                    self.metrics.snapshot_rows.inc(len(chunk))
+                    self.producer.poll(0)
+                    self._check_failed()
+                total += count
+                self.metrics.snapshot_tables_done.set(index + 1)
+                log.info("event=snapshot_table table=%s rows=%d", qualified, count)
+            snap.rollback()
+        self.tracker.commit(lsn)
+        remaining = self.producer.flush(300)
+        self._check_failed()
+        if remaining:
+            raise ReaderError(f"{remaining} snapshot events still unacknowledged after 300s")
+        log.info(
+            "event=snapshot_done rows=%d seconds=%.1f consistent_point=%s",
+            total, time.monotonic() - started, lsn_to_str(lsn),
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ streaming
+
+    def _stream(self, repl: ReplicationConnection, stop: threading.Event) -> None:
+        handlers: dict[type, Callable[[Any, XLogData], None]] = {
+            po.Begin: self._on_begin,
+            po.Commit: self._on_commit,
+            po.Relation: self._on_relation,
+            po.Type: self._on_type,
+            po.Insert: self._on_insert,
+            po.Update: self._on_update,
+            po.Delete: self._on_delete,
+            po.Truncate: self._on_truncate,
+            po.Message: self._on_message,
+            po.Origin: lambda m, x: None,
+        }
+        decode = po.decode_message
+        while not stop.is_set():
+            burst = 0
+            while burst < 2000:
+                x = repl.read(0.0 if burst else 0.2)
+                if x is None:
+                    break
+                msg = decode(x.payload)
+                handler = handlers.get(type(msg))
+                if handler is None:
+                    raise ReaderError(
+                        f"unexpected pgoutput message {type(msg).__name__} (protocol v1)"
+                    )
+                handler(msg, x)
+                burst += 1
+            self.producer.poll(0)
+            self._confirm(repl)
+            self._maybe_heartbeat()
+            assert self.incremental is not None
+            self.incremental.step()
+        # Drain: wait for every produced event, confirm, tell the server.
+        log.info("event=draining in_flight=%d", self.tracker.in_flight)
+        self.producer.flush(60)
+        self._confirm(repl)
+        repl.send_status(force=True)
+        log.info("event=stopped confirmed=%s", lsn_to_str(repl.flushed_lsn))
+
+    def _check_failed(self) -> None:
+        if self.tracker.failed:
+            raise ReaderError(
+                f"Kafka delivery failed ({self.tracker.failed}); stopping without confirming: "
+                "a restart resumes from the slot's last confirmed position"
+            )
+
+    def _confirm(self, repl: ReplicationConnection) -> None:
+        self._check_failed()
+        if self._tx is None and self.tracker.in_flight == 0:
+            self.tracker.idle(repl.received_lsn)
+        lsn = self.tracker.confirmable
+        if self.incremental is not None and self.incremental.confirm_ceiling is not None:
+            lsn = min(lsn, self.incremental.confirm_ceiling)
+        if lsn > repl.flushed_lsn:
+            repl.confirm(lsn)
+            self.metrics.confirmed_lsn.set(lsn)
+        self.metrics.in_flight.set(self.tracker.in_flight)
+
+    def _maybe_heartbeat(self) -> None:
+        interval = self.settings.heartbeat_interval
+        if not interval or time.monotonic() - self._last_heartbeat < interval:
+            return
+        self._last_heartbeat = time.monotonic()
+        row = self.conn.execute(
+            "SELECT pg_logical_emit_message(true, %s, now()::text)::text, "
+            "pg_current_wal_lsn()::text",
+            (HEARTBEAT_PREFIX,),
+        ).fetchone()
+        if row is not None:
+            self.metrics.server_wal_lsn.set(lsn_to_int(str(row[1])))
+
+    # ------------------------------------------------------------------ messages
+
+    def _on_begin(self, msg: po.Begin, x: XLogData) -> None:
+        self._tx = self.tracker.begin()
+        self._tx_xid = msg.xid
+        self._tx_ts_ms = msg.commit_ts_ms
+
+    def _on_commit(self, msg: po.Commit, x: XLogData) -> None:
+        self.tracker.commit(msg.end_lsn)
+        self._tx = None
+        self.metrics.transactions.inc()
+        self.metrics.last_commit_ts.set(msg.commit_ts_ms / 1000.0)
+        assert self.incremental is not None
+        self.incremental.on_commit(msg.end_lsn)
+
+    def _on_relation(self, msg: po.Relation, x: XLogData) -> None:
+        self._apply_relation(msg, ())
+
+    def _on_type(self, msg: po.Type, x: XLogData) -> None:
+        self.cache.apply_type(msg)
+
+    def _apply_relation(self, rel: po.Relation, types: tuple[po.Type, ...]) -> TableSchema:
+        """Apply a Relation (and its types) to the stream's cache, keyed by primary key."""
+        for t in types:
+            self.cache.apply_type(t)
+        schema = self.cache.apply_relation(self._keyed_relation(rel))
+        log.info("event=relation table=%s columns=%d", schema.qualified_name, len(schema.columns))
+        return schema
+
+    def _keyed_relation(self, rel: po.Relation) -> po.Relation:
+        """``rel`` with key flags on the primary-key columns (not the replica identity).
+
+        Events are keyed by primary key even where the reader logs whole old rows
+        (REPLICA IDENTITY FULL) to route deletes by their partition column.
+        """
+        ns = rel.namespace or "pg_catalog"
+        pk = self._primary_keys.get((ns, rel.name))
+        if pk is None:
+            pk = tuple(
+                str(r[0])
+                for r in self.conn.execute(
+                    "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+                    "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+                    "WHERE i.indrelid = %s AND i.indisprimary",
+                    (rel.relation_id,),
+                )
+            )
+            self._primary_keys[(ns, rel.name)] = pk
+        if not pk:
+            return rel
+        return dataclasses.replace(
+            rel,
+            columns=tuple(
+                dataclasses.replace(c, flags=1 if c.name in pk else 0) for c in rel.columns
+            ),
+        )
+
+    def _is_signal(self, schema: TableSchema) -> bool:
+        return schema.schema == self.signal_schema and schema.table == self.signal_name
+
+    def _on_insert(self, msg: po.Insert, x: XLogData) -> None:
+        schema = self.cache.schema(msg.relation_id)
+        row = self.cache.row(msg.relation_id, msg.new)
+        if self._is_signal(schema):
+            assert self.incremental is not None
+            self.incremental.on_signal(row, x.data_start)
+            return
+        self._change(schema, "c", None, row, x.data_start)
+
+    def _on_update(self, msg: po.Update, x: XLogData) -> None:
+        schema = self.cache.schema(msg.relation_id)
+        if self._is_signal(schema):
+            return
+        after = self.cache.row(msg.relation_id, msg.new)
+        before = None
+        if msg.old is not None and msg.old_kind is not None:
+            before = self.cache.row(msg.relation_id, msg.old, kind=msg.old_kind)
+            old_key = self.cache.key(msg.relation_id, before)
+            if old_key != self.cache.key(msg.relation_id, after):
+                # The primary key changed: the old key is deleted, the new one created.
+                self._change(schema, "d", before, None, x.data_start)
+                self._change(schema, "c", None, _fill_toast(after, before), x.data_start)
+                return
+            if msg.old_kind == "O":
+                after = _fill_toast(after, before)
+        self._change(schema, "u", before, after, x.data_start)
+
+    def _on_delete(self, msg: po.Delete, x: XLogData) -> None:
+        schema = self.cache.schema(msg.relation_id)
+        if self._is_signal(schema):
+            return
+        before = self.cache.row(msg.relation_id, msg.old, kind=msg.old_kind)
+        self._change(schema, "d", before, None, x.data_start)
+
+    def _on_truncate(self, msg: po.Truncate, x: XLogData) -> None:
+        assert self._tx is not None
+        for rel_id in msg.relation_ids:
+            schema = self.cache.schema(rel_id)
+            if self._is_signal(schema):
+                continue
+            topic = self.topic_for(schema.schema, schema.table)
+            event = ChangeEvent(
+                op="t",
+                source=self._source(schema, x.data_start, "false"),
+                ts_ms=_now_ms(),
+                table_schema=schema,
+            )
+            value = self.codec.encode_value(topic, schema, event)
+            # A truncate has no row: it goes to every partition (so each partition's
+            # readers see it in order) with an empty key.
+            for partition in range(self._partition_count(topic)):
+                self._produce(self._tx, topic, b"", value, partition)
+            self.metrics.events.labels(schema.table, "t").inc()
+
+    def _on_message(self, msg: po.Message, x: XLogData) -> None:
+        if msg.prefix != HEARTBEAT_PREFIX:
+            log.debug("event=logical_message prefix=%s bytes=%d", msg.prefix, len(msg.content))
+
+    # ------------------------------------------------------------------ producing
+
+    def _source(self, schema: TableSchema, lsn: int, snapshot: SnapshotMarker) -> Source:
+        return Source(
+            db=self._db,
+            schema=schema.schema,
+            table=schema.table,
+            lsn=lsn,
+            tx_id=self._tx_xid if snapshot == "false" else None,
+            ts_ms=self._tx_ts_ms if snapshot == "false" else _now_ms(),
+            snapshot=snapshot,
+        )
+
+    def _change(
+        self, schema: TableSchema, op: Any, before: Row | None, after: Row | None, lsn: int
+    ) -> None:
+        assert self._tx is not None
+        if self.incremental is not None:
+            self.incremental.on_change(schema, before, after)
+        self._emit(self._tx, schema, op, before, after, lsn, self._tx_xid, self._tx_ts_ms, "false")
+
+    def _emit(
+        self,
+        tx: _Tx,
+        schema: TableSchema,
+        op: Any,
+        before: Row | None,
+        after: Row | None,
+        lsn: int,
+        xid: int | None,
+        ts_ms: int,
+        snapshot: SnapshotMarker,
+    ) -> None:
+        """Encode one change event (and a tombstone after a delete) and produce it."""
+        row = after if after is not None else before
+        assert row is not None
+        rel_key = (schema.schema, schema.table)
+        key = {c: row[c] for c in self._primary_keys.get(rel_key, ())} or {
+            c.name: row.get(c.name) for c in schema.key_columns
+        }
+        topic = self.topic_for(schema.schema, schema.table)
+        event = ChangeEvent(
+            op=op,
+            source=Source(self._db, schema.schema, schema.table, lsn, xid, ts_ms, snapshot),
+            ts_ms=_now_ms(),
+            before=before,
+            after=after,
+            key=key,
+            table_schema=schema,
+        )
+        try:
+            key_bytes = self.codec.encode_key(topic, schema, key)
+            value_bytes = self.codec.encode_value(topic, schema, event)
+        except Exception as exc:
+            raise ReaderError(
+                f"cannot encode a {op!r} event of {schema.qualified_name} key={_show(key)}: {exc}; "
+                "the reader stops rather than skip it (nothing after it is confirmed)"
+            ) from exc
+        pcol = self.settings.partition_columns.get(f"{schema.schema}.{schema.table}")
+        pvalue = row.get(pcol) if pcol else None
+        if pcol is None or pvalue is None or pvalue is UNCHANGED_TOAST:
+            pvalue = json.dumps(key, sort_keys=True, default=str)
+        partition = partition_for(pvalue, self._partition_count(topic))
+        self._produce(tx, topic, key_bytes, value_bytes, partition)
+        if op == "d":
+            self._produce(tx, topic, key_bytes, None, partition)
+        self.metrics.events.labels(schema.table, op).inc()
+
+    def _produce(
+        self, tx: _Tx, topic: str, key: bytes, value: bytes | None, partition: int
+    ) -> None:
+        self.tracker.add(tx)
+        callback = functools.partial(self._delivered, tx)
+        while True:
+            try:
+                self.producer.produce(
+                    topic, value=value, key=key, partition=partition, on_delivery=callback
+                )
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _delivered(self, tx: _Tx, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.tracker.fail(str(err))
+            log.error("event=delivery_failed error=%s", err)
+            return
+        self.tracker.ack(tx)
+
+
+def _fill_toast(after: Row, before: Row) -> Row:
+    """With a whole old row at hand, unchanged TOAST values are known: fill them in."""
+    if not any(v is UNCHANGED_TOAST for v in after.values()):
+        return after
+    return {k: (before.get(k, v) if v is UNCHANGED_TOAST else v) for k, v in after.items()}
+
+
+def _show(key: Row) -> str:
+    return json.dumps(key, default=str, sort_keys=True)
+
+
+def new_signal_id() -> str:
+    return uuid.uuid4().hex
