@@ -51,7 +51,8 @@ def describe_table(
     """
     row = conn.execute(
         "SELECT c.oid, c.relreplident FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
         (schema, table),
     ).fetchone()
     if row is None:
