@@ -39,7 +39,7 @@ from pipeline.events import UNCHANGED_TOAST, ChangeEvent, Row, SnapshotMarker, S
 from pipeline.kafka import TopicSpec, ensure_topics, partition_for, producer_config
 from pipeline.reader import pgoutput as po
 from pipeline.reader.acks import AckTracker, _Tx
-from pipeline.reader.errors import ReaderError
+from pipeline.reader.errors import ReaderError, ValueConversionError
 from pipeline.reader.incremental import IncrementalSnapshot
 from pipeline.reader.metrics import ReaderMetrics
 from pipeline.reader.relations import RelationCache
@@ -229,10 +229,21 @@ class Reader:
             state_key = f"{self._db}/{self.settings.slot}"
             state = state_store.load(state_key) or {}
             slot = self.conn.execute(
-                "SELECT confirmed_flush_lsn::text, active_pid FROM pg_replication_slots "
-                "WHERE slot_name = %s AND database = current_database()",
+                "SELECT confirmed_flush_lsn::text, active_pid, database, plugin "
+                "FROM pg_replication_slots WHERE slot_name = %s",
                 (self.settings.slot,),
             ).fetchone()
+            if slot is not None and (slot[2] != self._db or slot[3] != "pgoutput"):
+                raise ReaderError(
+                    f"replication slot {self.settings.slot!r} already exists for database "
+                    f"{slot[2]!r} (plugin {slot[3]}): slot names are cluster-wide; pick another "
+                    "with CATALOG_CDC_READER_SLOT or --slot"
+                )
+            if slot is not None and slot[1] is not None:
+                raise ReaderError(
+                    f"replication slot {self.settings.slot!r} is in use by backend pid {slot[1]}: "
+                    "is another reader running? One reader per slot."
+                )
             if (
                 slot is not None
                 and not state.get("snapshot_done")
@@ -454,9 +465,26 @@ class Reader:
     def _is_signal(self, schema: TableSchema) -> bool:
         return schema.schema == self.signal_schema and schema.table == self.signal_name
 
+    def _row(self, relation_id: int, raw: po.RawTuple, kind: Any = "N") -> Row:
+        """Convert a tuple; a failure names the table, the row's key and the column."""
+        try:
+            return self.cache.row(relation_id, raw, kind=kind)
+        except ValueConversionError as exc:
+            schema = self.cache.schema(relation_id)
+            key = {
+                c.name: (v.decode(errors="replace") if isinstance(v, bytes) else v)
+                for c, v in zip(schema.columns, raw, strict=False)
+                if c.is_key
+            }
+            raise ReaderError(
+                f"cannot convert a row of {schema.qualified_name} key={_show(key)}: {exc}. "
+                "The reader stops rather than skip it; nothing after it is confirmed, so a "
+                "restart reads it again once the data or the reader is fixed"
+            ) from exc
+
     def _on_insert(self, msg: po.Insert, x: XLogData) -> None:
         schema = self.cache.schema(msg.relation_id)
-        row = self.cache.row(msg.relation_id, msg.new)
+        row = self._row(msg.relation_id, msg.new)
         if self._is_signal(schema):
             assert self.incremental is not None
             self.incremental.on_signal(row, x.data_start)
@@ -467,10 +495,10 @@ class Reader:
         schema = self.cache.schema(msg.relation_id)
         if self._is_signal(schema):
             return
-        after = self.cache.row(msg.relation_id, msg.new)
+        after = self._row(msg.relation_id, msg.new)
         before = None
         if msg.old is not None and msg.old_kind is not None:
-            before = self.cache.row(msg.relation_id, msg.old, kind=msg.old_kind)
+            before = self._row(msg.relation_id, msg.old, kind=msg.old_kind)
             old_key = self.cache.key(msg.relation_id, before)
             if old_key != self.cache.key(msg.relation_id, after):
                 # The primary key changed: the old key is deleted, the new one created.
@@ -485,7 +513,7 @@ class Reader:
         schema = self.cache.schema(msg.relation_id)
         if self._is_signal(schema):
             return
-        before = self.cache.row(msg.relation_id, msg.old, kind=msg.old_kind)
+        before = self._row(msg.relation_id, msg.old, kind=msg.old_kind)
         self._change(schema, "d", before, None, x.data_start)
 
     def _on_truncate(self, msg: po.Truncate, x: XLogData) -> None:

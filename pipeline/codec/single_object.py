@@ -1,0 +1,260 @@
+"""Avro single-object encoding, and the change-event codec built on it.
+
+A single-object encoded message is (Avro specification, "Single-object encoding")::
+
+    C3 01 | 8-byte CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical
+            Form, little-endian | Avro binary body (no container, no schema)
+
+The fingerprint identifies the writer schema; a :class:`~pipeline.codec.schema_store.
+SchemaStore` maps it back to the full schema.  Guarantee: a schema is registered in the
+store (durably, for the Kafka store) *before* the first message that names it is
+returned, so every message written can be decoded by anyone reading the same store.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import to_parsing_canonical_form
+
+from pipeline.codec.avro_schema import (
+    AvroSchema,
+    EnvelopeDecoder,
+    KeyDecoder,
+    TableCodec,
+    canonical_json,
+    compile_table,
+    encode_error,
+    is_envelope_schema,
+    parse,
+)
+from pipeline.codec.errors import DecodeError
+from pipeline.events import ChangeEvent, Row, TableSchema
+
+if TYPE_CHECKING:
+    from pipeline.codec.schema_store import SchemaStore
+
+MAGIC: Final = b"\xc3\x01"
+HEADER_SIZE: Final = 10
+
+_EMPTY64: Final = 0xC15D213AA4D7A795
+
+
+def _crc64_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_EMPTY64 & -(fp & 1))
+        table.append(fp)
+    return tuple(table)
+
+
+_CRC64_TABLE: Final = _crc64_table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """The 64-bit Rabin fingerprint (CRC-64-AVRO) of ``data``, as an unsigned int."""
+    fp = _EMPTY64
+    table = _CRC64_TABLE
+    for byte in data:
+        fp = (fp >> 8) ^ table[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def parsing_canonical_form(schema: AvroSchema) -> str:
+    """The schema's Parsing Canonical Form (Avro spec), via fastavro."""
+    return str(to_parsing_canonical_form(schema))
+
+
+def fingerprint(schema: AvroSchema) -> bytes:
+    """The 8 fingerprint bytes of ``schema`` exactly as they appear in a message header.
+
+    CRC-64-AVRO of the UTF-8 Parsing Canonical Form, little-endian.
+    """
+    pcf = parsing_canonical_form(schema).encode("utf-8")
+    return crc64_avro(pcf).to_bytes(8, "little")
+
+
+def split_header(data: bytes) -> tuple[bytes, memoryview]:
+    """``(fingerprint, body)`` of a single-object message; :class:`DecodeError` if not one."""
+    if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+        raise DecodeError(
+            f"not an Avro single-object message (expected magic C3 01 and a 10-byte header, "
+            f"got {bytes(data[:HEADER_SIZE]).hex(' ')!r}); was it written with the Confluent "
+            "wire format (CATALOG_CDC_SCHEMA_REGISTRY_URL set)?"
+        )
+    return bytes(data[2:HEADER_SIZE]), memoryview(data)[HEADER_SIZE:]
+
+
+class SingleObjectEncoding:
+    """Encodes and decodes Avro single-object messages, resolving schemas in a store.
+
+    Parsed schemas are cached per fingerprint (and per reader schema).  Thread-safe.
+    """
+
+    def __init__(self, store: SchemaStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._writers: dict[bytes, Any] = {}
+        self._readers: dict[str, Any] = {}
+
+    @property
+    def store(self) -> SchemaStore:
+        return self._store
+
+    def register(self, schema: AvroSchema) -> bytes:
+        """Register ``schema`` in the store (durably) and return its fingerprint."""
+        return self._store.register(schema)
+
+    def encode(self, fingerprint_bytes: bytes, parsed_schema: Any, datum: Any) -> bytes:
+        """Header + body of ``datum`` written with ``parsed_schema``.
+
+        ``fingerprint_bytes`` must come from :meth:`register` of the same schema.
+        """
+        out = io.BytesIO()
+        out.write(MAGIC)
+        out.write(fingerprint_bytes)
+        schemaless_writer(out, parsed_schema, datum)
+        return out.getvalue()
+
+    def writer_schema(self, fp: bytes) -> Any:
+        """The parsed writer schema of fingerprint ``fp`` (store lookup, then cached)."""
+        parsed = self._writers.get(fp)
+        if parsed is None:
+            schema = self._store.lookup(fp)
+            parsed = parse(schema)
+            with self._lock:
+                self._writers[fp] = parsed
+        return parsed
+
+    def reader_schema(self, schema: AvroSchema) -> Any:
+        """``schema`` parsed, cached by its canonical JSON."""
+        key = canonical_json(schema)
+        parsed = self._readers.get(key)
+        if parsed is None:
+            parsed = parse(schema)
+            with self._lock:
+                self._readers[key] = parsed
+        return parsed
+
+    def decode(self, data: bytes, reader_schema: AvroSchema | None = None) -> tuple[Any, Any]:
+        """``(datum, schema it was read with)`` of a single-object message.
+
+        The writer schema comes from the store by fingerprint; with ``reader_schema``
+        the datum is resolved to it (Avro schema resolution).  Named union branches
+        come back as ``(name, value)`` tuples (fastavro ``return_named_type``).
+        """
+        fp, body = split_header(data)
+        writer = self.writer_schema(fp)
+        reader = None if reader_schema is None else self.reader_schema(reader_schema)
+        try:
+            datum = schemaless_reader(io.BytesIO(body), writer, reader, return_named_type=True)
+        except Exception as exc:
+            raise DecodeError(
+                f"cannot decode single-object message with schema fingerprint {fp.hex()}: {exc}"
+            ) from exc
+        return datum, (reader if reader is not None else writer)
+
+
+class SingleObjectCodec:
+    """:class:`~pipeline.codec.EventCodec` with single-object encoding and a schema store.
+
+    Keys and values are single-object messages.  Each table's schemas are derived and
+    registered once per :class:`TableSchema` (first use), then reused.  Decoding needs
+    only the store; ``reader_schema`` (for :meth:`decode_value`) resolves old data to a
+    newer schema version.
+    """
+
+    def __init__(self, store: SchemaStore, topic_prefix: str) -> None:
+        self._encoding = SingleObjectEncoding(store)
+        self._topic_prefix = topic_prefix
+        self._lock = threading.Lock()
+        # id(TableSchema) -> (TableSchema, codec, key fingerprint, value fingerprint)
+        self._tables: dict[int, tuple[TableSchema, TableCodec, bytes, bytes]] = {}
+        self._envelopes: dict[int, EnvelopeDecoder] = {}
+        self._keys: dict[int, KeyDecoder] = {}
+
+    @property
+    def encoding(self) -> SingleObjectEncoding:
+        return self._encoding
+
+    def table(self, table_schema: TableSchema) -> tuple[TableCodec, bytes, bytes]:
+        """Compiled codec and registered key/value fingerprints of ``table_schema``."""
+        entry = self._tables.get(id(table_schema))
+        if entry is None or entry[0] is not table_schema:
+            codec = compile_table(table_schema, self._topic_prefix)
+            key_fp = self._encoding.register(codec.key_schema)
+            value_fp = self._encoding.register(codec.value_schema)
+            entry = (table_schema, codec, key_fp, value_fp)
+            with self._lock:
+                self._tables[id(table_schema)] = entry
+        return entry[1], entry[2], entry[3]
+
+    def encode_key(self, topic: str, table_schema: TableSchema, key_row: Row) -> bytes:
+        """Single-object message of the key record of ``key_row``."""
+        codec, key_fp, _ = self.table(table_schema)
+        out = bytearray(MAGIC)
+        out += key_fp
+        try:
+            codec.write_key(out, key_row)
+            return bytes(out)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            raise encode_error(table_schema, "key", exc) from exc
+
+    def encode_value(self, topic: str, table_schema: TableSchema, event: ChangeEvent) -> bytes:
+        """Single-object message of ``event``'s envelope."""
+        codec, _, value_fp = self.table(table_schema)
+        out = bytearray(MAGIC)
+        out += value_fp
+        try:
+            codec.write_value(out, event)
+            return bytes(out)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            raise encode_error(table_schema, f"{event.op!r} event", exc) from exc
+
+    def _decoder_for(self, schema: Any, cache: dict[int, Any], factory: Any) -> Any:
+        decoder = cache.get(id(schema))
+        if decoder is None:
+            decoder = factory(schema)
+            with self._lock:
+                cache[id(schema)] = decoder
+        return decoder
+
+    def decode_key(self, data: bytes) -> Row:
+        """The key row of a key message."""
+        record, schema = self._encoding.decode(data)
+        decoder: KeyDecoder = self._decoder_for(schema, self._keys, KeyDecoder)
+        return decoder.from_avro_record(record)
+
+    def decode_value(
+        self,
+        data: bytes,
+        reader_schema: AvroSchema | None = None,
+        table_schema: TableSchema | None = None,
+    ) -> ChangeEvent:
+        """The change event of a value message (``key`` is ``None``; see :meth:`decode`)."""
+        record, schema = self._encoding.decode(data, reader_schema)
+        if not is_envelope_schema(schema):
+            raise DecodeError(f"message schema {schema.get('name')!r} is not a change envelope")
+        decoder: EnvelopeDecoder = self._decoder_for(schema, self._envelopes, EnvelopeDecoder)
+        return decoder.from_avro_record(record, table_schema)
+
+    def decode(self, key: bytes | None, value: bytes | None) -> ChangeEvent | None:
+        """The event of a Kafka message; ``None`` for a tombstone (null value)."""
+        if value is None:
+            return None
+        event = self.decode_value(value)
+        if key is not None:
+            event.key = self.decode_key(key)
+        return event
+
+
+def schema_of(codec: SingleObjectCodec, data: bytes) -> Mapping[str, Any]:
+    """The full writer schema of a single-object message (looked up in the codec's store)."""
+    fp, _ = split_header(data)
+    return dict(codec.encoding.store.lookup(fp))
