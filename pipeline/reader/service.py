@@ -228,11 +228,7 @@ class Reader:
             _, _, _, self._db = repl.identify_system()
             state_key = f"{self._db}/{self.settings.slot}"
             state = state_store.load(state_key) or {}
-            slot = self.conn.execute(
-                "SELECT confirmed_flush_lsn::text, active_pid, database, plugin "
-                "FROM pg_replication_slots WHERE slot_name = %s",
-                (self.settings.slot,),
-            ).fetchone()
+            slot = self._find_slot()
             if slot is not None and (slot[2] != self._db or slot[3] != "pgoutput"):
                 raise ReaderError(
                     f"replication slot {self.settings.slot!r} already exists for database "
@@ -240,10 +236,7 @@ class Reader:
                     "with CATALOG_CDC_READER_SLOT or --slot"
                 )
             if slot is not None and slot[1] is not None:
-                raise ReaderError(
-                    f"replication slot {self.settings.slot!r} is in use by backend pid {slot[1]}: "
-                    "is another reader running? One reader per slot."
-                )
+                slot = self._wait_slot_free(slot[1])
             if (
                 slot is not None
                 and not state.get("snapshot_done")
@@ -286,6 +279,27 @@ class Reader:
             self._stream(repl, stop)
         finally:
             repl.close()
+
+    def _find_slot(self) -> tuple[Any, ...] | None:
+        return self.conn.execute(
+            "SELECT confirmed_flush_lsn::text, active_pid, database, plugin "
+            "FROM pg_replication_slots WHERE slot_name = %s",
+            (self.settings.slot,),
+        ).fetchone()
+
+    def _wait_slot_free(self, pid: int, timeout: float = 30.0) -> tuple[Any, ...] | None:
+        """A crashed reader's walsender may hold the slot for a moment: wait, then fail."""
+        log.warning("event=slot_busy slot=%s pid=%s action=wait", self.settings.slot, pid)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            slot = self._find_slot()
+            if slot is None or slot[1] is None:
+                return slot
+        raise ReaderError(
+            f"replication slot {self.settings.slot!r} is still in use by backend pid {pid} "
+            f"after {timeout:.0f}s: is another reader running? One reader per slot."
+        )
 
     # ------------------------------------------------------------------ snapshot
 
