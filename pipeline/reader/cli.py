@@ -51,6 +51,15 @@ def register(sub: Any) -> None:
 
 
 def _reader(args: argparse.Namespace) -> int:
+    # Handlers first: a SIGTERM during start-up must also end in a clean stop.
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
     from pipeline.reader.service import Reader
     from pipeline.reader.settings import ReaderSettings
     from pipeline.settings import load_connections
@@ -69,13 +78,6 @@ def _reader(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = ReaderSettings(**overrides)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     reader = Reader(
         dsn=conns.require("postgres_dsn"),
         bootstrap=conns.require("kafka_bootstrap"),
