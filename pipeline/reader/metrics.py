@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -60,6 +61,15 @@ class ReaderMetrics:
         self.snapshot_tables_done = Gauge(
             "catalog_cdc_reader_snapshot_tables_done", "Tables the snapshot finished", registry=r
         )
+
+        self._event_children: dict[tuple[str, str], Any] = {}
+
+    def count_event(self, table: str, op: str) -> None:
+        """``events{table, op} += 1`` (children cached: labels() is slow on a hot path)."""
+        child = self._event_children.get((table, op))
+        if child is None:
+            child = self._event_children[(table, op)] = self.events.labels(table, op)
+        child.inc()
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``addr:port`` from a daemon thread."""

@@ -548,7 +548,7 @@ class Reader:
             # readers see it in order) with an empty key.
             for partition in range(self._partition_count(topic)):
                 self._produce(self._tx, topic, b"", value, partition)
-            self.metrics.events.labels(schema.table, "t").inc()
+            self.metrics.count_event(schema.table, "t")
 
     def _on_message(self, msg: po.Message, x: XLogData) -> None:
         if msg.prefix != HEARTBEAT_PREFIX:
@@ -620,7 +620,7 @@ class Reader:
         self._produce(tx, topic, key_bytes, value_bytes, partition)
         if op == "d":
             self._produce(tx, topic, key_bytes, None, partition)
-        self.metrics.events.labels(schema.table, op).inc()
+        self.metrics.count_event(schema.table, op)
 
     def _produce(
         self, tx: _Tx, topic: str, key: bytes, value: bytes | None, partition: int

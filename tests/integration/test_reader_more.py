@@ -1,0 +1,117 @@
+"""Reader: both brokers, the Confluent registry path, ad-hoc incremental re-snapshots."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from pipeline.demo.edits import run_edits
+from pipeline.demo.seed import seed_catalog
+from tests.integration.reader_support import (
+    assert_topic_matches_table,
+    read_events,
+    running_reader,
+    wait_for,
+)
+from tests.integration.test_registry import FakeRegistry, registry  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.integration
+
+
+def _caught_up(dsn: str, slot: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn >= pg_current_wal_lsn() FROM pg_replication_slots "
+            "WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.broker_matrix
+def test_reader_on_each_broker(catalog_dsn: str, broker_bootstrap: str, topic_prefix: str) -> None:
+    seed_catalog(catalog_dsn, products=20, seed=21)
+    with running_reader(catalog_dsn, broker_bootstrap, topic_prefix, partitions=3) as reader:
+        with psycopg.connect(catalog_dsn) as conn:
+            conn.execute("UPDATE products SET price = price * 2 WHERE id % 3 = 0")
+            conn.execute("DELETE FROM product_variants WHERE product_id = 4")
+            lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+        assert lsn is not None
+        wait_for(lambda: _caught_up(catalog_dsn, reader.settings.slot), 60, "catch-up")
+    for table in ("products", "product_variants"):
+        assert_topic_matches_table(broker_bootstrap, topic_prefix, catalog_dsn, table)
+
+
+def test_reader_with_confluent_registry(
+    catalog_dsn: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    registry: tuple[str, FakeRegistry],  # noqa: F811 - the fixture
+) -> None:
+    url, state = registry
+    seed_catalog(catalog_dsn, products=10, seed=22)
+    with running_reader(catalog_dsn, kafka_bootstrap, topic_prefix, registry_url=url) as reader:
+        with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE products SET name = name || ' v2' WHERE id <= 3")
+            conn.execute("ALTER TABLE products ADD COLUMN badge text")
+            conn.execute("UPDATE products SET badge = 'new' WHERE id = 1")
+        wait_for(lambda: _caught_up(catalog_dsn, reader.settings.slot), 60, "catch-up")
+    subject = f"{topic_prefix}.public.products-value"
+    assert len(state.subjects[subject]) == 2, "the added column must make a new schema version"
+    events = read_events(kafka_bootstrap, topic_prefix, f"{topic_prefix}.public.products", url)
+    raw_first = [e for _, e, _, _ in events if e is not None]
+    assert raw_first and all(e.source.db for e in raw_first)
+    assert_topic_matches_table(
+        kafka_bootstrap, topic_prefix, catalog_dsn, "products", registry_url=url
+    )
+
+
+def test_incremental_resnapshot_while_streaming(
+    catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    seed_catalog(catalog_dsn, products=400, seed=23)
+    stop = threading.Event()
+    with running_reader(
+        catalog_dsn, kafka_bootstrap, topic_prefix, snapshot_mode="never", snapshot_chunk_size=50
+    ) as reader:
+        edits = threading.Thread(
+            target=lambda: run_edits(catalog_dsn, rate=60, duration=10, seed=9, stop=stop),
+            daemon=True,
+        )
+        edits.start()
+        time.sleep(1)
+        with psycopg.connect(catalog_dsn) as conn:
+            conn.execute(
+                "INSERT INTO catalog_cdc_signal (id, type, data) VALUES (%s, 'execute-snapshot', %s)",
+                ("resnap-1", Jsonb({"tables": ["public.products", "product_variants"]})),
+            )
+        wait_for(
+            lambda: (
+                reader.incremental is not None and reader.incremental.confirm_ceiling is not None
+            ),
+            30,
+            "re-snapshot to start",
+        )
+        wait_for(
+            lambda: reader.incremental is not None and reader.incremental.confirm_ceiling is None,
+            120,
+            "re-snapshot to finish",
+        )
+        edits.join(30)
+        wait_for(lambda: _caught_up(catalog_dsn, reader.settings.slot), 60, "catch-up")
+        stop.set()
+    # snapshot_mode=never: the only 'r' events are the re-snapshot's.
+    events = read_events(kafka_bootstrap, topic_prefix, f"{topic_prefix}.public.products")
+    ops = Counter(e.source.snapshot for _, e, _, _ in events if e is not None and e.op == "r")
+    assert set(ops) == {"incremental"}
+    assert ops["incremental"] >= 300
+    with psycopg.connect(catalog_dsn) as conn:
+        left = conn.execute("SELECT count(*) FROM catalog_cdc_signal").fetchone()
+    assert left == (0,), "signal and watermark rows are cleaned up"
+    for table in ("products", "product_variants"):
+        assert_topic_matches_table(kafka_bootstrap, topic_prefix, catalog_dsn, table)
