@@ -8,11 +8,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_PRODUCTS ?= 2000
 
-.PHONY: help install system-deps demo test lint format typecheck pytest stack-up stack-down clean
+.PHONY: help install system-deps demo test bench lint format typecheck pytest stack-up stack-down clean
 
 help:
 	@echo "make demo       start the stack, seed $(DEMO_PRODUCTS) products, apply live edits, show counts"
 	@echo "make test       lint, type-check and run the whole test suite"
+	@echo "make bench      run the benchmarks, rewrite bench/RESULTS.md (several minutes)"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make typecheck  mypy --strict on pipeline/ and consumers/"
@@ -58,6 +59,10 @@ pytest: $(STAMP)
 	bash scripts/run-pytest.sh
 
 test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/catalog-cdc stack up
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 stack-up: $(STAMP)
 	$(BIN)/catalog-cdc stack up

@@ -1,0 +1,129 @@
+"""`make bench`: run every benchmark and rewrite bench/RESULTS.md.
+
+Each figure is the median of several rounds (min and max beside it), and every
+speed figure is a ratio to a reference measured in the same run on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("psycopg", "confluent-kafka", "fastavro", "noida-db"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "-"
+    try:
+        from pipeline.stack.postgres import find_bindir
+
+        bindir = find_bindir()
+        if bindir:
+            out["postgresql"] = (
+                subprocess.run(
+                    [str(bindir / "postgres"), "--version"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                .stdout.strip()
+                .split()[-1]
+            )
+    except Exception:  # noqa: BLE001 - informational only
+        pass
+    return out
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer rows and rounds (smoke run)")
+    args = parser.parse_args()
+    rows, rounds, big = (50_000, 1, 200_000) if args.quick else (200_000, 3, 1_000_000)
+    out_dir = HERE / "out"
+    out_dir.mkdir(exist_ok=True)
+    reader_json = out_dir / "reader.json"
+    subprocess.run(
+        [sys.executable, str(HERE / "reader_bench.py"), "--rows", str(rows), "--rounds", str(rounds),
+         "--big-rows", str(big), "--json", str(reader_json)],
+        check=True,
+    )  # fmt: skip
+    r = json.loads(reader_json.read_text())
+    big_run = r.get("big_transaction") or {}
+    versions = _versions()
+
+    def stat(key: str) -> tuple[float, float, float]:
+        values = [x[key] for x in r["rounds"]]
+        return statistics.median(values), min(values), max(values)
+
+    ratio = stat("ratio")
+    reader_rate = stat("reader_rows_per_s")
+    recv_rate = stat("pg_recvlogical_rows_per_s")
+    rss = stat("reader_peak_rss_mb")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Produced by `make bench` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.",
+        f"Machine: {os.cpu_count()} cores, {_cpu()}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + ".",
+        "",
+        "## Reader: PostgreSQL -> Kafka-acknowledged, vs pg_recvlogical",
+        "",
+        f"{rows:,} inserts into `product_variants` (6 columns incl. numeric and jsonb) in one",
+        "transaction; both clients read the same WAL from identical pgoutput slots, one after",
+        "the other, timed from process start. pg_recvlogical writes to /dev/null; the reader",
+        "decodes, converts, Avro-encodes, produces and waits for every Kafka acknowledgement",
+        f"(slot confirmed). {rounds} rounds.",
+        "",
+        "| figure | median | min | max |",
+        "| --- | --- | --- | --- |",
+        "| reader / pg_recvlogical (rows/s ratio; goal >= 0.5) | "
+        f"**{ratio[0]:.2f}** | {ratio[1]:.2f} | {ratio[2]:.2f} |",
+        "| reader rows/s | " + " | ".join(f"{v:,.0f}" for v in reader_rate) + " |",
+        "| pg_recvlogical rows/s | " + " | ".join(f"{v:,.0f}" for v in recv_rate) + " |",
+        "| reader peak RSS, MB | " + " | ".join(f"{v:.0f}" for v in rss) + " |",
+        "",
+    ]
+    if big_run:
+        lines += [
+            f"One transaction of {big_run['rows']:,} rows: reader peak RSS "
+            f"**{big_run['reader_peak_rss_mb']:.0f} MB** (median {rss[0]:.0f} MB for "
+            f"{rows:,} rows), {big_run['reader_rows_per_s']:,.0f} rows/s, "
+            f"ratio {big_run['ratio']:.2f}.",
+            "",
+        ]
+    lines += [
+        "Raw numbers: `bench/out/reader.json`. Profile the reader with",
+        "`READER_BENCH_PROFILE=/tmp/reader.prof python bench/reader_bench.py --rounds 1`.",
+        "",
+    ]
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    print((HERE / "RESULTS.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
