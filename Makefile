@@ -11,7 +11,7 @@ DEMO_PRODUCTS ?= 2000
 .PHONY: help install system-deps demo test bench lint format typecheck pytest stack-up stack-down clean
 
 help:
-	@echo "make demo       start the stack, seed $(DEMO_PRODUCTS) products, apply live edits, show counts"
+	@echo "make demo       start the stack, seed $(DEMO_PRODUCTS) products, stream live edits to Kafka, show them"
 	@echo "make test       lint, type-check and run the whole test suite"
 	@echo "make bench      run the benchmarks, rewrite bench/RESULTS.md (several minutes)"
 	@echo "make lint       ruff check + ruff format --check"
@@ -34,15 +34,7 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/catalog-cdc stack up
-	$(BIN)/catalog-cdc demo seed --products $(DEMO_PRODUCTS) --replace
-	$(BIN)/catalog-cdc demo edits --rate 40 --duration 5
-	@echo
-	@echo "== row counts (catalog database) =="
-	@$(BIN)/catalog-cdc demo counts
-	@echo
-	@echo "== running services =="
-	@$(BIN)/catalog-cdc stack status
+	@DEMO_PRODUCTS=$(DEMO_PRODUCTS) bash scripts/demo.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -49,6 +49,15 @@ def register(sub: Any) -> None:
     t.add_argument("--json", action="store_true", help="compact JSON (one line per event; default)")
     t.set_defaults(handler=_tail)
 
+    topics = sub.add_parser(
+        "topics",
+        help="list the pipeline's Kafka topics with partitions and message counts",
+        description="Topics starting with the topic prefix (CATALOG_CDC_TOPIC_PREFIX), with their "
+        "partition count and messages held (sum over partitions of high - low watermark).",
+    )
+    topics.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    topics.set_defaults(handler=_topics)
+
 
 def _reader(args: argparse.Namespace) -> int:
     # Handlers first: a SIGTERM during start-up must also end in a clean stop.
@@ -86,6 +95,40 @@ def _reader(args: argparse.Namespace) -> int:
         schema_registry_url=conns.schema_registry_url,
     )
     reader.run(stop)
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    import json
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from pipeline.kafka import consumer_config
+    from pipeline.settings import load_connections
+
+    conns = load_connections()
+    consumer = Consumer(consumer_config(conns.require("kafka_bootstrap")))
+    try:
+        meta = consumer.list_topics(timeout=10)
+        rows = {}
+        for name in sorted(meta.topics):
+            if not name.startswith(conns.topic_prefix + "."):
+                continue
+            parts = meta.topics[name].partitions
+            held = 0
+            for p in parts:
+                low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                held += max(0, high - low)
+            rows[name] = {"partitions": len(parts), "messages": held}
+    finally:
+        consumer.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max((len(n) for n in rows), default=5)
+        for name, info in rows.items():
+            parts, held = info["partitions"], info["messages"]
+            print(f"{name:<{width}}  {parts:>3} partitions  {held:>10,} messages")
     return 0
 
 
