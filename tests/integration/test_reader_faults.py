@@ -196,3 +196,40 @@ def test_snapshot_with_concurrent_edits_converges(
         stop_edits.set()
     for table, key in TABLE_KEYS.items():
         assert_topic_matches_table(kafka_bootstrap, topic_prefix, catalog_dsn, table, key)
+
+
+def test_crash_during_initial_snapshot_restarts_it_cleanly(
+    catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    seed_catalog(catalog_dsn, products=1500, seed=13)
+    log = tmp_path / "reader.log"
+    slot = f"s_{topic_prefix}"
+    # Tiny chunks: the snapshot takes long enough to be killed in the middle of it.
+    env = {"CATALOG_CDC_READER_SNAPSHOT_CHUNK_SIZE": "20"}
+    proc = reader_process(catalog_dsn, kafka_bootstrap, topic_prefix, log, **env)
+    try:
+        wait_for(
+            lambda: "event=snapshot_table table=public.products" in log.read_text(),
+            120,
+            "mid-snapshot",
+        )
+        assert "snapshot_done" not in log.read_text()
+        proc.kill()
+        proc.wait(10)
+        with psycopg.connect(catalog_dsn) as conn:
+            conn.execute("UPDATE products SET price = price + 10 WHERE id <= 50")
+        mark = len(log.read_text())
+        proc = reader_process(catalog_dsn, kafka_bootstrap, topic_prefix, log, **env)
+        wait_for(lambda: "replication_started" in log.read_text()[mark:], 180, "second snapshot")
+        assert "event=snapshot_incomplete" in log.read_text()[mark:]
+        with psycopg.connect(catalog_dsn) as conn:
+            target = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert target is not None
+        wait_for(lambda: _confirmed_caught_up(catalog_dsn, slot, str(target[0])), 60, "catch-up")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for table, key in TABLE_KEYS.items():
+        assert_topic_matches_table(kafka_bootstrap, topic_prefix, catalog_dsn, table, key)

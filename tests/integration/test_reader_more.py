@@ -115,3 +115,29 @@ def test_incremental_resnapshot_while_streaming(
     assert left == (0,), "signal and watermark rows are cleaned up"
     for table in ("products", "product_variants"):
         assert_topic_matches_table(kafka_bootstrap, topic_prefix, catalog_dsn, table)
+
+
+def test_metrics_endpoint(catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    seed_catalog(catalog_dsn, products=5, seed=24)
+    with running_reader(catalog_dsn, kafka_bootstrap, topic_prefix, metrics_port=port) as reader:
+        with psycopg.connect(catalog_dsn) as conn:
+            conn.execute("UPDATE products SET price = price + 1")
+        wait_for(lambda: _caught_up(catalog_dsn, reader.settings.slot), 60, "catch-up")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    lines = {
+        line.split(" ")[0]: line.split(" ")[-1]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert float(lines['catalog_cdc_reader_events_total{op="u",table="products"}']) == 5
+    assert float(lines['catalog_cdc_reader_events_total{op="r",table="products"}']) == 5
+    assert float(lines["catalog_cdc_reader_confirmed_lsn"]) > 0
+    assert float(lines["catalog_cdc_reader_snapshot_tables_done"]) == 9
+    assert "catalog_cdc_reader_lag_bytes" in lines and "catalog_cdc_reader_lag_seconds" in lines
