@@ -70,6 +70,11 @@ def _vm_hwm_kb(pid: int) -> int:
     return 0
 
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
     db = f"bench_{uuid.uuid4().hex[:8]}"
     prefix = f"bench{uuid.uuid4().hex[:6]}"
@@ -148,6 +153,7 @@ def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
                 time.sleep(0.02)
         reader_s = time.perf_counter() - started
         peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+        cpu_s = _cpu_s(proc.pid)
         proc.terminate()
         proc.wait(60)
         return {
@@ -158,6 +164,7 @@ def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
             "reader_rows_per_s": rows / reader_s,
             "ratio": recv_s / reader_s,
             "reader_peak_rss_mb": peak_kb / 1024,
+            "reader_cpu_s": cpu_s,
         }
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:

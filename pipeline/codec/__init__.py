@@ -43,6 +43,7 @@ from pipeline.events import ChangeEvent, Row, TableSchema
 
 if TYPE_CHECKING:
     from pipeline.codec.avro_schema import AvroSchema
+    from pipeline.codec.raw import ConverterOf, FramedRawEncoder
 
 
 class EventCodec(Protocol):
@@ -75,6 +76,16 @@ class EventCodec(Protocol):
 
     def decode(self, key: bytes | None, value: bytes | None) -> ChangeEvent | None:
         """The event (with ``key``) of a Kafka message; ``None`` for a tombstone."""
+        ...
+
+    def raw_encoder(
+        self, topic: str, table_schema: TableSchema, converter_of: ConverterOf = ...
+    ) -> FramedRawEncoder:
+        """The reader's hot path: encode straight from pgoutput's raw text tuples.
+
+        Messages decode to exactly what ``encode_key``/``encode_value`` give for the
+        rows ``converter_of`` converts (see :mod:`pipeline.codec.raw`).
+        """
         ...
 
 

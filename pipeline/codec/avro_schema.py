@@ -924,8 +924,33 @@ def _array_writer(items: AvroSchema, names: Mapping[str, Any]) -> Writer:
 RowWriter = Callable[[bytearray, Row], None]
 
 
-def _row_writer(fields: list[dict[str, Any]], names: Mapping[str, Any]) -> RowWriter:
-    """Writer of a ``Value`` record: every field ``["null", T, Unavailable]``."""
+@dataclass(frozen=True, slots=True)
+class FieldWriter:
+    """How one field of a table's ``Value`` or ``Key`` record is written.
+
+    The pieces :meth:`TableCodec.write_value` / :meth:`TableCodec.write_key` run per
+    column, exposed (:func:`value_field_writers`, :func:`key_field_writers`) for encoders
+    that must produce the same bytes from other inputs (:mod:`pipeline.codec.raw`).
+    """
+
+    column: str
+    """The PostgreSQL column name (``pg.column``, else the field name)."""
+    avro_type: AvroSchema
+    """The field's value type: ``T`` of a ``Value`` field ``["null", T, Unavailable]``,
+    the field type of a ``Key`` field (fastavro's parsed form)."""
+    write: Writer
+    """Appends a non-null value of ``avro_type`` (the Python value of the column)."""
+    null_tag: bytes
+    """Union branch index of ``null`` (``Value`` fields; empty for ``Key`` fields)."""
+    value_tag: bytes
+    """Union branch index of ``T`` (``Value`` fields; empty for ``Key`` fields)."""
+    toast_tag: bytes
+    """Branch index of ``Unavailable`` + symbol ``UNCHANGED_TOAST`` (``Value`` fields)."""
+
+
+def _value_field_writers(
+    fields: list[dict[str, Any]], names: Mapping[str, Any]
+) -> tuple[FieldWriter, ...]:
     plan = []
     for f in fields:
         union = f["type"]
@@ -936,9 +961,33 @@ def _row_writer(fields: list[dict[str, Any]], names: Mapping[str, Any]) -> RowWr
         # branch index, then the enum's symbol index (UNCHANGED_TOAST is symbol 0)
         toast_tag = _SMALL_VARINTS[branches.index(UNAVAILABLE_NAME) + 64] + b"\x00"
         plan.append(
-            (_column_name(f), null_tag, value_tag, toast_tag, binary_writer(value_type, names))
+            FieldWriter(
+                _column_name(f),
+                value_type,
+                binary_writer(value_type, names),
+                null_tag,
+                value_tag,
+                toast_tag,
+            )
         )
-    steps = tuple(plan)
+    return tuple(plan)
+
+
+def _key_field_writers(
+    fields: list[dict[str, Any]], names: Mapping[str, Any]
+) -> tuple[FieldWriter, ...]:
+    return tuple(
+        FieldWriter(_column_name(f), f["type"], binary_writer(f["type"], names), b"", b"", b"")
+        for f in fields
+    )
+
+
+def _row_writer(fields: list[dict[str, Any]], names: Mapping[str, Any]) -> RowWriter:
+    """Writer of a ``Value`` record: every field ``["null", T, Unavailable]``."""
+    steps = tuple(
+        (f.column, f.null_tag, f.value_tag, f.toast_tag, f.write)
+        for f in _value_field_writers(fields, names)
+    )
     toast = UNCHANGED_TOAST
 
     def write_row(out: bytearray, row: Row) -> None:
@@ -957,7 +1006,7 @@ def _row_writer(fields: list[dict[str, Any]], names: Mapping[str, Any]) -> RowWr
 
 
 def _key_writer(fields: list[dict[str, Any]], names: Mapping[str, Any]) -> RowWriter:
-    steps = tuple((_column_name(f), binary_writer(f["type"], names)) for f in fields)
+    steps = tuple((f.column, f.write) for f in _key_field_writers(fields, names))
 
     def write_key(out: bytearray, row: Row) -> None:
         for column, write in steps:
@@ -1087,6 +1136,25 @@ def compile_table(table_schema: TableSchema, topic_prefix: str) -> TableCodec:
         _key_writer=_key_writer(key_fields, key_names),
         _envelope_writer=_envelope_writer(_row_writer(value_fields, names)),
     )
+
+
+def value_field_writers(codec: TableCodec) -> tuple[FieldWriter, ...]:
+    """The per-field writers :meth:`TableCodec.write_value` uses for a row image, in order.
+
+    Writing ``field.null_tag`` / ``field.toast_tag`` / ``field.value_tag`` +
+    ``field.write(out, value)`` for every field (a column absent from the row is NULL)
+    gives exactly the bytes of the envelope's ``before``/``after`` record.
+    """
+    names = _named_types(codec.parsed_value)
+    before = next(f for f in codec.parsed_value["fields"] if f["name"] == "before")
+    value = _union_value_type(before["type"], names)
+    return _value_field_writers(_record_fields(value, names), names)
+
+
+def key_field_writers(codec: TableCodec) -> tuple[FieldWriter, ...]:
+    """The per-field writers :meth:`TableCodec.write_key` uses, in key-field order."""
+    names = _named_types(codec.parsed_key)
+    return _key_field_writers(_record_fields(codec.parsed_key, names), names)
 
 
 class EnvelopeDecoder:

@@ -38,7 +38,9 @@ from pipeline.codec.avro_schema import (
     parse,
 )
 from pipeline.codec.errors import DecodeError, RegistryError, SchemaNotFoundError
+from pipeline.codec.raw import ConverterOf, FramedRawEncoder, RawTableEncoder
 from pipeline.events import ChangeEvent, Row, TableSchema
+from pipeline.reader.values import converter_for
 
 MAGIC_BYTE: Final = 0
 HEADER: Final = struct.Struct(">bI")
@@ -78,6 +80,8 @@ class ConfluentRegistryCodec:
         self._ids: dict[tuple[str, str], int] = {}  # (subject, schema json) -> id
         self._by_id: dict[int, _Writer] = {}
         self._readers: dict[str, tuple[Any, EnvelopeDecoder]] = {}
+        # (topic, id(TableSchema)) -> (TableSchema, converter lookup, raw encoder)
+        self._raw: dict[tuple[str, int], tuple[TableSchema, ConverterOf, FramedRawEncoder]] = {}
 
     @classmethod
     def from_url(
@@ -142,6 +146,33 @@ class ConfluentRegistryCodec:
             return bytes(out)
         except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             raise encode_error(table_schema, f"{event.op!r} event", exc) from exc
+
+    def raw_encoder(
+        self, topic: str, table_schema: TableSchema, converter_of: ConverterOf = converter_for
+    ) -> FramedRawEncoder:
+        """The raw-tuple encoder of ``table_schema`` on ``topic`` (:mod:`pipeline.codec.raw`).
+
+        Its ``value(...)`` / ``key(raw)`` return Confluent-framed messages that decode to
+        exactly what :meth:`encode_value` / :meth:`encode_key` give for the rows the
+        reader would convert from the same tuples with ``converter_of``.  Both schemas
+        are registered (subjects ``{topic}-key`` / ``{topic}-value``) before this
+        returns; cached per (topic, table schema).
+        """
+        cache_key = (topic, id(table_schema))
+        entry = self._raw.get(cache_key)
+        if entry is None or entry[0] is not table_schema or entry[1] != converter_of:
+            codec = self._table(table_schema)
+            key_id = self.register(key_subject(topic), codec.key_json)
+            value_id = self.register(value_subject(topic), codec.value_json)
+            encoder = FramedRawEncoder(
+                RawTableEncoder(codec, converter_of),
+                HEADER.pack(MAGIC_BYTE, key_id),
+                HEADER.pack(MAGIC_BYTE, value_id),
+            )
+            entry = (table_schema, converter_of, encoder)
+            with self._lock:
+                self._raw[cache_key] = entry
+        return entry[2]
 
     # -- decoding ---------------------------------------------------------------------
 

@@ -33,7 +33,9 @@ from pipeline.codec.avro_schema import (
     parse,
 )
 from pipeline.codec.errors import DecodeError
+from pipeline.codec.raw import ConverterOf, FramedRawEncoder, RawTableEncoder
 from pipeline.events import ChangeEvent, Row, TableSchema
+from pipeline.reader.values import converter_for
 
 if TYPE_CHECKING:
     from pipeline.codec.schema_store import SchemaStore
@@ -178,6 +180,8 @@ class SingleObjectCodec:
         self._tables: dict[int, tuple[TableSchema, TableCodec, bytes, bytes]] = {}
         self._envelopes: dict[int, EnvelopeDecoder] = {}
         self._keys: dict[int, KeyDecoder] = {}
+        # id(TableSchema) -> (TableSchema, converter lookup, raw encoder)
+        self._raw: dict[int, tuple[TableSchema, ConverterOf, FramedRawEncoder]] = {}
 
     @property
     def encoding(self) -> SingleObjectEncoding:
@@ -216,6 +220,28 @@ class SingleObjectCodec:
             return bytes(out)
         except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             raise encode_error(table_schema, f"{event.op!r} event", exc) from exc
+
+    def raw_encoder(
+        self, topic: str, table_schema: TableSchema, converter_of: ConverterOf = converter_for
+    ) -> FramedRawEncoder:
+        """The raw-tuple encoder of ``table_schema`` (:mod:`pipeline.codec.raw`), cached.
+
+        Its ``value(...)`` / ``key(raw)`` return single-object messages that decode to
+        exactly what :meth:`encode_value` / :meth:`encode_key` give for the rows the
+        reader would convert from the same tuples with ``converter_of`` (pass the
+        reader's ``RelationCache.converter``).  The schemas are registered (durably)
+        before this returns, as on an ``encode_*`` first use.
+        """
+        entry = self._raw.get(id(table_schema))
+        if entry is None or entry[0] is not table_schema or entry[1] != converter_of:
+            codec, key_fp, value_fp = self.table(table_schema)
+            encoder = FramedRawEncoder(
+                RawTableEncoder(codec, converter_of), MAGIC + key_fp, MAGIC + value_fp
+            )
+            entry = (table_schema, converter_of, encoder)
+            with self._lock:
+                self._raw[id(table_schema)] = entry
+        return entry[2]
 
     def _decoder_for(self, schema: Any, cache: dict[int, Any], factory: Any) -> Any:
         decoder = cache.get(id(schema))

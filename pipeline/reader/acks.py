@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -20,6 +21,8 @@ class _Tx:
     pending: int = 0
     end_lsn: int | None = None
     """Set at Commit; None while the transaction is still being read."""
+    callback: Any = None
+    """The delivery callback of this transaction's events (made once, not per event)."""
 
 
 class AckTracker:

@@ -106,7 +106,21 @@ class IncrementalSnapshot:
         elif kind == CLOSE and self.chunk is not None and data.get("chunk") == self.chunk.id:
             self._emit_chunk(lsn)
 
+    def watching(self, schema: TableSchema) -> bool:
+        """True while a chunk window of ``schema``'s table is open (changes must be seen)."""
+        chunk = self.chunk
+        return (
+            chunk is not None
+            and chunk.window_open
+            and bool(chunk.rows)
+            and (schema.schema, schema.table) == (chunk.schema.schema, chunk.schema.table)
+        )
+
     def on_change(self, schema: TableSchema, before: Row | None, after: Row | None) -> None:
+        """A live change in the window: its keys leave the chunk (the live event is newer).
+
+        ``before``/``after`` need only hold the primary-key columns.
+        """
         chunk = self.chunk
         if chunk is None or not chunk.window_open or not chunk.rows:
             return

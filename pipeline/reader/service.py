@@ -28,13 +28,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from confluent_kafka import Producer
 from psycopg import sql
 
 from pipeline.codec import EventCodec, make_codec
+from pipeline.codec.raw import FramedRawEncoder
+from pipeline.errors import CatalogCdcError
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent, Row, SnapshotMarker, Source, TableSchema
 from pipeline.kafka import TopicSpec, ensure_topics, partition_for, producer_config
 from pipeline.reader import pgoutput as po
@@ -93,6 +95,12 @@ class Reader:
         self.signal_schema, self.signal_name = _split(settings.signal_table)
         self._partitions: dict[str, int] = {}
         self._primary_keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._targets: dict[
+            int, tuple[TableSchema, tuple[FramedRawEncoder, str, str | None, int]]
+        ] = {}
+        self._partition_column = {
+            _split(table): column for table, column in settings.partition_columns.items()
+        }
         self.captured: set[str] = set()
         """Schema-qualified names of the tables whose changes become events."""
         self._tx: _Tx | None = None
@@ -325,8 +333,7 @@ class Reader:
                         log.warning("event=snapshot_interrupted table=%s", qualified)
                         return
                     for raw in chunk:
-                        row = self.cache.row(shape.relation.relation_id, raw)
-                        self._emit(tx, schema, "r", None, row, lsn, None, ts_ms, "true")
+                        self._emit_raw(tx, schema, "r", None, None, raw, lsn, None, ts_ms, "true")
                     count += len(chunk)
                     self.metrics.snapshot_rows.inc(len(chunk))
                     self.producer.poll(0)
@@ -480,55 +487,73 @@ class Reader:
         return schema.schema == self.signal_schema and schema.table == self.signal_name
 
     def _row(self, relation_id: int, raw: po.RawTuple, kind: Any = "N") -> Row:
-        """Convert a tuple; a failure names the table, the row's key and the column."""
+        """Convert a whole tuple (signal rows); a failure names table, key and column."""
         try:
             return self.cache.row(relation_id, raw, kind=kind)
         except ValueConversionError as exc:
-            schema = self.cache.schema(relation_id)
-            key = {
-                c.name: (v.decode(errors="replace") if isinstance(v, bytes) else v)
-                for c, v in zip(schema.columns, raw, strict=False)
-                if c.is_key
-            }
-            raise ReaderError(
-                f"cannot convert a row of {schema.qualified_name} key={_show(key)}: {exc}. "
-                "The reader stops rather than skip it; nothing after it is confirmed, so a "
-                "restart reads it again once the data or the reader is fixed"
-            ) from exc
+            raise self._conversion_error(self.cache.schema(relation_id), raw, exc) from exc
+
+    def _conversion_error(
+        self, schema: TableSchema, raw: po.RawTuple, exc: Exception
+    ) -> ReaderError:
+        key = {
+            c.name: (v.decode(errors="replace") if isinstance(v, bytes) else v)
+            for c, v in zip(schema.columns, raw, strict=False)
+            if c.is_key
+        }
+        return ReaderError(
+            f"cannot convert a row of {schema.qualified_name} key={_show(key)}: {exc}. "
+            "The reader stops rather than skip it; nothing after it is confirmed, so a "
+            "restart reads it again once the data or the reader is fixed"
+        )
+
+    def _encoder(self, schema: TableSchema) -> FramedRawEncoder:
+        return self._target(schema)[0]
+
+    def _target(self, schema: TableSchema) -> tuple[FramedRawEncoder, str, str | None, int]:
+        """(raw encoder, topic, partition column, partition count) of a schema version."""
+        entry = self._targets.get(id(schema))
+        if entry is None or entry[0] is not schema:
+            topic = self.topic_for(schema.schema, schema.table)
+            enc = self.codec.raw_encoder(topic, schema, self.cache.converter)
+            pcol = self._partition_column.get((schema.schema, schema.table))
+            entry = (schema, (enc, topic, pcol, self._partition_count(topic)))
+            self._targets[id(schema)] = entry
+        return entry[1]
 
     def _on_insert(self, msg: po.Insert, x: XLogData) -> None:
         schema = self.cache.schema(msg.relation_id)
-        row = self._row(msg.relation_id, msg.new)
         if self._is_signal(schema):
             assert self.incremental is not None
-            self.incremental.on_signal(row, x.data_start)
+            self.incremental.on_signal(self._row(msg.relation_id, msg.new), x.data_start)
             return
-        self._change(schema, "c", None, row, x.data_start)
+        self._change(schema, "c", None, None, msg.new, x.data_start)
 
     def _on_update(self, msg: po.Update, x: XLogData) -> None:
         schema = self.cache.schema(msg.relation_id)
         if self._is_signal(schema):
             return
-        after = self._row(msg.relation_id, msg.new)
-        before = None
-        if msg.old is not None and msg.old_kind is not None:
-            before = self._row(msg.relation_id, msg.old, kind=msg.old_kind)
-            old_key = self.cache.key(msg.relation_id, before)
-            if old_key != self.cache.key(msg.relation_id, after):
+        new, old, kind = msg.new, msg.old, msg.old_kind
+        if old is not None and kind is not None:
+            enc = self._encoder(schema)
+            try:
+                key_changed = enc.key_row(old) != enc.key_row(new)
+            except ValueConversionError as exc:
+                raise self._conversion_error(schema, new, exc) from exc
+            if key_changed:
                 # The primary key changed: the old key is deleted, the new one created.
-                self._change(schema, "d", before, None, x.data_start)
-                self._change(schema, "c", None, _fill_toast(after, before), x.data_start)
+                self._change(schema, "d", old, kind, None, x.data_start)
+                self._change(schema, "c", None, None, enc.fill_toast(new, old, kind), x.data_start)
                 return
-            if msg.old_kind == "O":
-                after = _fill_toast(after, before)
-        self._change(schema, "u", before, after, x.data_start)
+            if kind == "O":
+                new = enc.fill_toast(new, old, kind)
+        self._change(schema, "u", old, kind, new, x.data_start)
 
     def _on_delete(self, msg: po.Delete, x: XLogData) -> None:
         schema = self.cache.schema(msg.relation_id)
         if self._is_signal(schema):
             return
-        before = self._row(msg.relation_id, msg.old, kind=msg.old_kind)
-        self._change(schema, "d", before, None, x.data_start)
+        self._change(schema, "d", msg.old, msg.old_kind, None, x.data_start)
 
     def _on_truncate(self, msg: po.Truncate, x: XLogData) -> None:
         assert self._tx is not None
@@ -568,12 +593,78 @@ class Reader:
         )
 
     def _change(
-        self, schema: TableSchema, op: Any, before: Row | None, after: Row | None, lsn: int
+        self,
+        schema: TableSchema,
+        op: Any,
+        before: po.RawTuple | None,
+        before_kind: Any,
+        after: po.RawTuple | None,
+        lsn: int,
     ) -> None:
+        """A streamed row change: encode straight from the raw tuples and produce it."""
         assert self._tx is not None
-        if self.incremental is not None:
-            self.incremental.on_change(schema, before, after)
-        self._emit(self._tx, schema, op, before, after, lsn, self._tx_xid, self._tx_ts_ms, "false")
+        inc = self.incremental
+        if inc is not None and inc.watching(schema):
+            enc = self._encoder(schema)
+            inc.on_change(
+                schema,
+                enc.key_row(before) if before is not None else None,
+                enc.key_row(after) if after is not None else None,
+            )
+        self._emit_raw(
+            self._tx,
+            schema,
+            op,
+            before,
+            before_kind,
+            after,
+            lsn,
+            self._tx_xid,
+            self._tx_ts_ms,
+            "false",
+        )
+
+    def _emit_raw(
+        self,
+        tx: _Tx,
+        schema: TableSchema,
+        op: Any,
+        before: po.RawTuple | None,
+        before_kind: Any,
+        after: po.RawTuple | None,
+        lsn: int,
+        xid: int | None,
+        ts_ms: int,
+        snapshot: SnapshotMarker,
+    ) -> None:
+        """The hot path: raw tuples -> Avro (no Python row in between) -> Kafka.
+
+        Decodes to exactly the event :meth:`_emit` would produce from converted rows
+        (pipeline.codec.raw's invariant).
+        """
+        enc, topic, pcol, partitions = self._target(schema)
+        raw = after if after is not None else before
+        kind: Literal["N", "O", "K"] = "N" if after is not None else (before_kind or "N")
+        assert raw is not None
+        source = Source(self._db, schema.schema, schema.table, lsn, xid, ts_ms, snapshot)
+        try:
+            value_bytes = enc.value(op, before, before_kind, after, source, _now_ms())
+            key_bytes = enc.key(raw)
+            pvalue = enc.column_value(raw, pcol, kind) if pcol else None
+            if pvalue is None or pvalue is UNCHANGED_TOAST:
+                pvalue = json.dumps(enc.key_row(raw), sort_keys=True, default=str)
+        except ValueConversionError as exc:
+            raise self._conversion_error(schema, raw, exc) from exc
+        except CatalogCdcError as exc:
+            raise ReaderError(
+                f"cannot encode a {op!r} event of {schema.qualified_name}: {exc}; "
+                "the reader stops rather than skip it (nothing after it is confirmed)"
+            ) from exc
+        partition = partition_for(pvalue, partitions)
+        self._produce(tx, topic, key_bytes, value_bytes, partition)
+        if op == "d":
+            self._produce(tx, topic, key_bytes, None, partition)
+        self.metrics.count_event(schema.table, op)
 
     def _emit(
         self,
@@ -612,7 +703,7 @@ class Reader:
                 f"cannot encode a {op!r} event of {schema.qualified_name} key={_show(key)}: {exc}; "
                 "the reader stops rather than skip it (nothing after it is confirmed)"
             ) from exc
-        pcol = self.settings.partition_columns.get(f"{schema.schema}.{schema.table}")
+        pcol = self._partition_column.get((schema.schema, schema.table))
         pvalue = row.get(pcol) if pcol else None
         if pcol is None or pvalue is None or pvalue is UNCHANGED_TOAST:
             pvalue = json.dumps(key, sort_keys=True, default=str)
@@ -626,7 +717,9 @@ class Reader:
         self, tx: _Tx, topic: str, key: bytes, value: bytes | None, partition: int
     ) -> None:
         self.tracker.add(tx)
-        callback = functools.partial(self._delivered, tx)
+        callback = tx.callback
+        if callback is None:
+            callback = tx.callback = functools.partial(self._delivered, tx)
         while True:
             try:
                 self.producer.produce(
@@ -642,13 +735,6 @@ class Reader:
             log.error("event=delivery_failed error=%s", err)
             return
         self.tracker.ack(tx)
-
-
-def _fill_toast(after: Row, before: Row) -> Row:
-    """With a whole old row at hand, unchanged TOAST values are known: fill them in."""
-    if not any(v is UNCHANGED_TOAST for v in after.values()):
-        return after
-    return {k: (before.get(k, v) if v is UNCHANGED_TOAST else v) for k, v in after.items()}
 
 
 def _show(key: Row) -> str:

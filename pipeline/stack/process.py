@@ -7,7 +7,6 @@ import errno
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,20 +66,30 @@ def pid_runs(pid: int | None, executable: str | None) -> bool:
 def spawn_detached(argv: Sequence[str], log_file: Path, cwd: Path | None = None) -> int:
     """Start ``argv`` in its own session, output appended to ``log_file``; return its pid.
 
-    The child outlives this process (it is the stack's job to stop it by pid).
+    The child outlives this process (it is the stack's job to stop it by pid), so no
+    ``Popen`` object is kept for it: ``os.posix_spawn`` with ``setsid``.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
-        proc = subprocess.Popen(
+    executable = argv[0]
+    if cwd is not None:  # posix_spawn has no cwd: resolve paths first, chdir through sh
+        argv = ["/bin/sh", "-c", 'cd "$0" && exec "$@"', str(cwd), *argv]
+        executable = "/bin/sh"
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        return os.posix_spawn(
+            executable,
             list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                (os.POSIX_SPAWN_CLOSE, log_fd),
+            ],
+            setsid=True,
         )
-    return proc.pid
+    finally:
+        os.close(log_fd)
 
 
 def stop_pid(pid: int, timeout: float = 15.0) -> bool:

@@ -1,0 +1,660 @@
+"""Raw-tuple encoding: pgoutput text values straight to Avro, without a Python row.
+
+The reader's general path converts every text value of a tuple to Python
+(:meth:`~pipeline.reader.relations.RelationCache.row`), then the codec encodes the
+Python values again (:meth:`~pipeline.codec.avro_schema.TableCodec.write_value`).  For
+the columns whose Avro type is a *string* that round trip is wasted work: the text
+PostgreSQL sends already is the string the codec would write, or one that decodes to
+the same value.  :class:`RawTableEncoder` (built once per table version with
+:func:`compile_raw`) writes those bytes through and converts only the other columns.
+
+**Invariant.**  For raw tuples that the general path encodes, decoding what this module
+writes (:class:`~pipeline.codec.avro_schema.EnvelopeDecoder` /
+:class:`~pipeline.codec.avro_schema.KeyDecoder`, i.e. ``decode_value`` / ``decode_key``
+of either codec) gives exactly the event and key of the general path::
+
+    decode(raw.value(op, before, kind, after, source, ts_ms))
+        == decode(TableCodec.write_value(ChangeEvent(op, source, ts_ms,
+                                                     row(before, kind), row(after))))
+
+where ``row`` is ``RelationCache.row`` with the same converters.  Tuples the general
+path rejects raise the same errors: :class:`~pipeline.reader.errors.
+ValueConversionError` (same message: table, column, type, offending text) for a value
+that does not convert, a :class:`~pipeline.codec.errors.EncodeError` for one that does
+not fit its Avro type, :class:`~pipeline.reader.errors.SchemaMismatchError` for a tuple
+of the wrong width.  Whenever the fast path meets anything unusual it reruns the general
+path (convert the rows, ``TableCodec.write_value``), which returns its bytes or raises
+its error: the fast path never has to reproduce an error itself.
+
+Per column, compiled once:
+
+* **text** (``text``, ``varchar``, ``bpchar``, ``name``, ``"char"``, ``xml``, ``inet``,
+  ``interval``... and unknown/user types: converter ``bytes.decode``, Avro ``string``):
+  written through after a UTF-8 check (``isascii()``, else ``decode()``): the bytes the
+  general path writes are the same;
+* **numeric** (Avro decimal string): written through when it is plain decimal text
+  (``-?digits[.digits]``, always the case for PostgreSQL's output).  The decoder's
+  ``Decimal(text)`` is the converter's ``Decimal(text)``; the general path writes
+  ``str(Decimal(text))``, which may differ in spelling (``1E-7`` for ``0.0000001``) but
+  decodes to the identical ``Decimal``.  ``NaN``/``Infinity`` take the converter path;
+* **uuid** (Avro ``string``/``uuid``): written through when it is 32 lower-case hex
+  digits and 4 dashes (PostgreSQL's output); the decoded ``UUID`` is the same;
+* **json/jsonb** (Avro string marked ``io.debezium.data.Json``): written through after a
+  UTF-8 check.  PostgreSQL only outputs valid JSON, and the codec decodes JSON text with
+  ``json.loads(parse_float=Decimal)``, the reader's own parser, so the decoded value is
+  the converter's: the general path's compact re-dump only respells it.  The JSON text
+  is trusted, not parsed, except where valid PostgreSQL JSON can fail Python's parser:
+  a text longer than Python's integer-digit limit (4300 by default), or one that may
+  nest deeply (over 256 ``[``/``{``), is parsed with the converter first;
+* **NULL** -> the null branch; **unchanged TOAST** -> the ``Unavailable`` branch; a
+  :class:`~pipeline.reader.pgoutput.BinaryValue` -> the converter path's
+  "binary format" ValueConversionError;
+* **everything else** (integers, floats, bool, dates and times, bytea, arrays...): the
+  column's converter, then :class:`~pipeline.codec.avro_schema.TableCodec`'s own field
+  writer (:func:`~pipeline.codec.avro_schema.value_field_writers`).  For the costly ones
+  (all but int, float and bool) the column's last text and the bytes written for it are
+  memoized: an equal text (``now()`` is constant within a transaction) reuses them, as
+  converters are deterministic functions of the text.
+
+An old tuple of kind ``'K'`` carries the key columns only: its other columns are
+written as NULL, as the general path writes a row image that lacks them.
+
+One divergence, in the fast path's favour: a ``json`` (not ``jsonb``) value holding a
+lone UTF-16 surrogate escape (``"\\ud800"``, which PostgreSQL's ``json`` type accepts)
+makes the general path fail (its re-dump cannot be UTF-8 encoded); the fast path writes
+the text through, and it decodes to the converter's value.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal, NoReturn
+
+from pipeline.codec.avro_schema import (
+    DECIMAL_MARK,
+    JSON_MARK,
+    AvroSchema,
+    FieldWriter,
+    TableCodec,
+    compile_table,
+    encode_error,
+    key_field_writers,
+    value_field_writers,
+    write_long,
+    write_string,
+)
+from pipeline.events import UNCHANGED_TOAST, ChangeEvent, Column, Op, Row, Source, TableSchema
+from pipeline.reader.errors import SchemaMismatchError, ValueConversionError
+from pipeline.reader.pgoutput import BinaryValue, Datum, RawTuple
+from pipeline.reader.values import CONVERSION_ERRORS, Converter, converter_for
+
+__all__ = [
+    "FramedRawEncoder",
+    "OldKind",
+    "RawTableEncoder",
+    "compile_raw",
+]
+
+OldKind = Literal["O", "K"]
+"""Kind of an old tuple: ``'O'`` the whole old row, ``'K'`` the key columns only."""
+
+ConverterOf = Callable[[int], Converter]
+"""Type OID -> converter (``converter_for``, or ``RelationCache.converter``)."""
+
+# Column kinds: how a non-NULL, non-TOAST value is written.
+_CONVERT: Final = 0  # converter, then the codec's field writer
+_TEXT: Final = 1  # written through (UTF-8 checked)
+_NUMERIC: Final = 2  # written through when plain decimal text
+_UUID: Final = 3  # written through when canonical lower-case
+_JSON: Final = 4  # written through (UTF-8 checked; long/deep text parsed first)
+_MEMO: Final = 5  # converter + field writer, the column's last text memoized
+
+_TEXT_CONVERTER: Final = converter_for(25)
+_NUMERIC_CONVERTER: Final = converter_for(1700)
+_UUID_CONVERTER: Final = converter_for(2950)
+_JSON_CONVERTERS: Final = (converter_for(114), converter_for(3802))
+_CHEAP_CONVERTERS: Final = (converter_for(20), converter_for(700), converter_for(16))
+"""int, float, bool: cheaper to convert than to memoize (see :data:`_MEMO`)."""
+
+_JSON_MAX_OPEN: Final = 256
+"""JSON texts with more ``[``/``{`` than this may nest too deeply for Python: parse them."""
+_JSON_SMALL: Final = 2 * _JSON_MAX_OPEN
+"""JSON texts up to this size cannot hold more brackets than :data:`_JSON_MAX_OPEN`."""
+_DEFAULT_INT_DIGITS: Final = 4300
+_HEX_DIGITS: Final = b"0123456789abcdef"
+_DASHES: Final = b"----"
+_MINUS: Final = 0x2D
+_SHOWN_TEXT: Final = 80
+"""How many characters of an offending value an error message shows (as RelationCache)."""
+_FAST_ERRORS: Final = CONVERSION_ERRORS
+"""What the fast path may raise on an unusual value: the general path then decides."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    write_long(out, n)
+    return bytes(out)
+
+
+_SMALL_LENGTHS: Final = 64
+"""String lengths below this have a 1-byte varint: prefixes precomputed per column."""
+
+
+def _kind(convert: Converter, avro_type: AvroSchema) -> int:
+    """How a column of converter ``convert`` and Avro type ``avro_type`` is written."""
+    if isinstance(avro_type, str):
+        if avro_type == "string" and convert is _TEXT_CONVERTER:
+            return _TEXT
+    elif isinstance(avro_type, dict) and avro_type.get("type") == "string":
+        mark = avro_type.get("connect.name")
+        logical = avro_type.get("logicalType")
+        if mark == DECIMAL_MARK and logical is None and convert is _NUMERIC_CONVERTER:
+            return _NUMERIC
+        if mark == JSON_MARK and logical is None and convert in _JSON_CONVERTERS:
+            return _JSON
+        if mark is None and logical == "uuid" and convert is _UUID_CONVERTER:
+            return _UUID
+    return _CONVERT
+
+
+# One step per column: (kind, null_tag, value_tag, toast_tag, convert, write, prefixes, memo)
+# ``prefixes[n]`` = value_tag + varint(n), for a written-through string of n < 64 bytes;
+# ``memo[0]`` = (last text, its encoded field) of a _MEMO column.
+_Step = tuple[
+    int,
+    bytes,
+    bytes,
+    bytes,
+    Converter,
+    Callable[[bytearray, Any], None],
+    tuple[bytes, ...],
+    list[tuple[object, bytes]],
+]
+
+
+def _step(field: FieldWriter, convert: Converter) -> _Step:
+    kind = _kind(convert, field.avro_type)
+    if kind == _CONVERT and convert not in _CHEAP_CONVERTERS:
+        # Timestamps, dates, arrays...: costly to convert, and often equal from row to
+        # row (``now()`` is constant in a transaction): the same text encodes the same.
+        kind = _MEMO
+    tag = field.value_tag
+    prefixes = tuple(tag + _varint(n) for n in range(_SMALL_LENGTHS))
+    memo: list[tuple[object, bytes]] = [(None, b"")]
+    return (kind, field.null_tag, tag, field.toast_tag, convert, field.write, prefixes, memo)
+
+
+def _row_writer(steps: tuple[_Step, ...], json_max: int) -> Callable[[bytearray, RawTuple], None]:
+    """The fast writer of one ``Value`` record from a raw tuple (see the module doc).
+
+    Raises one of CONVERSION_ERRORS on any value it does not handle itself.
+    """
+    toast = UNCHANGED_TOAST
+    convert_kind, memo_kind, text_kind, numeric_kind = _CONVERT, _MEMO, _TEXT, _NUMERIC
+    uuid_kind = _UUID
+    small, max_open, small_json = _SMALL_LENGTHS, _JSON_MAX_OPEN, _JSON_SMALL
+    hex_digits, dashes, minus = _HEX_DIGITS, _DASHES, _MINUS
+
+    def write_row(out: bytearray, raw: RawTuple) -> None:
+        for (kind, null_tag, value_tag, toast_tag, convert, write, prefixes, memo), v in zip(
+            steps, raw, strict=True
+        ):
+            if v is None:
+                out += null_tag
+                continue
+            if v is toast:
+                out += toast_tag
+                continue
+            if kind == convert_kind:
+                x = convert(v)  # type: ignore[arg-type]  # a BinaryValue raises: see module doc
+                if x is None:  # JSON null
+                    out += null_tag
+                else:
+                    out += value_tag
+                    write(out, x)
+                continue
+            if kind == memo_kind:
+                last = memo[0]
+                if v == last[0]:  # same text, same bytes (converters are deterministic)
+                    out += last[1]
+                    continue
+                start = len(out)
+                x = convert(v)  # type: ignore[arg-type]  # a BinaryValue raises: see module doc
+                if x is None:
+                    out += null_tag
+                else:
+                    out += value_tag
+                    write(out, x)
+                memo[0] = (v, bytes(out[start:]))  # one reference swap: thread-safe
+                continue
+            data: bytes = v  # type: ignore[assignment]  # a BinaryValue fails below: fallback
+            if kind == text_kind:
+                if not data.isascii():
+                    data.decode()
+            elif kind == numeric_kind:
+                digits = data[1:] if data[0] == minus else data
+                if not digits.replace(b".", b"", 1).isdigit():
+                    out += value_tag
+                    write(out, convert(data))
+                    continue
+            elif kind == uuid_kind:
+                if len(data) != 36 or data.translate(None, hex_digits) != dashes:
+                    out += value_tag
+                    write(out, convert(data))
+                    continue
+            else:  # JSON
+                size = len(data)
+                if size > small_json and (
+                    size > json_max or data.count(b"[") + data.count(b"{") > max_open
+                ):
+                    convert(data)  # may not parse in Python: validate (raises if so)
+                elif not data.isascii():
+                    data.decode()
+            size = len(data)
+            if size < small:
+                out += prefixes[size]
+            else:
+                out += value_tag
+                write_long(out, size)
+            out += data
+
+    return write_row
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    """What the conversion/diagnosis paths need of one column."""
+
+    index: int
+    column: Column
+    convert: Converter
+
+
+class RawTableEncoder:
+    """Avro bodies (no header) of one table version's events and keys, from raw tuples.
+
+    Compiled once per (:class:`TableSchema`, topic prefix, converters) with
+    :func:`compile_raw`; thread-safe.  Invariant (module doc): the decoded event and key
+    are exactly those of the general path (``RelationCache.row`` + ``TableCodec``), and
+    tuples the general path rejects raise its errors.
+    """
+
+    __slots__ = (
+        "_columns",
+        "_head",
+        "_json_max",
+        "_key_columns",
+        "_key_steps",
+        "_mask",
+        "_names",
+        "_tail",
+        "_width",
+        "_write_row",
+        "codec",
+        "table_schema",
+    )
+
+    def __init__(self, codec: TableCodec, converter_of: ConverterOf = converter_for) -> None:
+        self.codec = codec
+        self.table_schema = schema = codec.table_schema
+        columns = schema.columns
+        converters = tuple(converter_of(c.type_oid) for c in columns)
+        fields = value_field_writers(codec)
+        if [f.column for f in fields] != [c.name for c in columns]:  # pragma: no cover
+            raise ValueError(f"the value schema of {schema.qualified_name} does not match it")
+        self._width = len(columns)
+        self._columns = tuple(_Column(i, c, converters[i]) for i, c in enumerate(columns))
+        self._names = {c.name: col for c, col in zip(columns, self._columns, strict=True)}
+        self._key_columns = tuple(col for col in self._columns if col.column.is_key)
+        self._mask = tuple(c.is_key for c in columns)
+        max_digits = sys.get_int_max_str_digits()
+        self._json_max = max_digits if max_digits > 0 else sys.maxsize
+        steps = tuple(_step(f, conv) for f, conv in zip(fields, converters, strict=True))
+        self._write_row = _row_writer(steps, self._json_max)
+        by_name = {c.name: i for i, c in enumerate(columns)}
+        lengths = tuple(_varint(n) for n in range(_SMALL_LENGTHS))
+        self._key_steps = tuple(
+            (i, _kind(converters[i], f.avro_type), converters[i], f.write, lengths)
+            for f in key_field_writers(codec)
+            for i in (by_name[f.column],)
+        )
+        # Envelope tail memos: (key, bytes), swapped whole (atomic for threads).
+        self._head: tuple[Any, bytes] = ((), b"")
+        self._tail: tuple[Any, bytes] = ((), b"")
+
+    # ------------------------------------------------------------------ values
+
+    def value(
+        self,
+        op: Op,
+        before: RawTuple | None,
+        before_kind: OldKind | None,
+        after: RawTuple | None,
+        source: Source,
+        ts_ms: int,
+    ) -> bytes:
+        """The Avro body of the envelope of a change (see :meth:`write_value`)."""
+        out = bytearray()
+        self.write_value(out, op, before, before_kind, after, source, ts_ms)
+        return bytes(out)
+
+    def write_value(
+        self,
+        out: bytearray,
+        op: Op,
+        before: RawTuple | None,
+        before_kind: OldKind | None,
+        after: RawTuple | None,
+        source: Source,
+        ts_ms: int,
+    ) -> None:
+        """Append the Avro body of a change's envelope to ``out``.
+
+        ``before`` is the old tuple (``before_kind`` ``'O'`` whole row, ``'K'`` key columns
+        only; ``None`` means ``'O'``), ``after`` the new one.  Decodes to exactly
+        ``ChangeEvent(op, source, ts_ms, RelationCache.row(before, kind=before_kind),
+        RelationCache.row(after))`` as :meth:`TableCodec.write_value` encodes it.
+
+        Raises ValueConversionError, SchemaMismatchError or EncodeError (see the module).
+        """
+        width = self._width
+        if after is not None and len(after) != width:
+            self._mismatch(after)
+        if before is not None and len(before) != width:
+            self._mismatch(before)
+        start = len(out)
+        try:
+            if before is None:
+                out += b"\x00"
+            else:
+                out += b"\x02"
+                if before_kind == "K":
+                    before = self._masked(before)
+                self._write_row(out, before)
+            if after is None:
+                out += b"\x00"
+            else:
+                out += b"\x02"
+                self._write_row(out, after)
+        except _FAST_ERRORS:
+            del out[start:]
+            self._write_general(out, op, before, before_kind, after, source, ts_ms)
+            return
+        self._write_tail(out, op, ts_ms, source)
+
+    def _write_tail(self, out: bytearray, op: Op, ts_ms: int, source: Source) -> None:
+        """``op``, ``ts_ms`` and ``source``, in :func:`~pipeline.codec.avro_schema.
+        value_schema`'s field order; the parts that repeat from event to event (all but
+        the LSN, within a transaction) are memoized."""
+        key: tuple[Any, ...] = (op, ts_ms, source.db, source.schema, source.table)
+        head = self._head
+        if head[0] != key:
+            buf = bytearray()
+            write_string(buf, op)
+            write_long(buf, ts_ms)
+            write_string(buf, source.db)
+            write_string(buf, source.schema)
+            write_string(buf, source.table)
+            head = self._head = (key, bytes(buf))
+        out += head[1]
+        write_long(out, source.lsn)
+        key = (source.tx_id, source.ts_ms, source.snapshot)
+        tail = self._tail
+        if tail[0] != key:
+            buf = bytearray()
+            if source.tx_id is None:
+                buf += b"\x00"
+            else:
+                buf += b"\x02"
+                write_long(buf, source.tx_id)
+            write_long(buf, source.ts_ms)
+            write_string(buf, source.snapshot)
+            tail = self._tail = (key, bytes(buf))
+        out += tail[1]
+
+    def _masked(self, raw: RawTuple) -> RawTuple:
+        """A ``'K'`` tuple with its non-key columns NULL (the general path drops them)."""
+        return tuple(v if key else None for v, key in zip(raw, self._mask, strict=True))
+
+    # ------------------------------------------------------------------ keys
+
+    def key(self, raw: RawTuple) -> bytes:
+        """The Avro body of the key record (key columns = ``Column.is_key``) of ``raw``.
+
+        Same decoded key as :meth:`TableCodec.write_key` of the key columns converted
+        from ``raw`` (any tuple kind: the key columns are in every kind).  A NULL or
+        unchanged-TOAST key value raises the general path's EncodeError.
+        """
+        if len(raw) != self._width:
+            self._mismatch(raw)
+        out = bytearray()
+        toast = UNCHANGED_TOAST
+        try:
+            for index, kind, convert, write, prefixes in self._key_steps:
+                v = raw[index]
+                if v is None or v is toast:
+                    return self._general_key(raw)
+                if kind == _CONVERT:
+                    x = convert(v)  # type: ignore[arg-type]  # BinaryValue raises: fallback
+                    if x is None:
+                        return self._general_key(raw)
+                    write(out, x)
+                    continue
+                data: bytes = v  # type: ignore[assignment]  # BinaryValue fails: fallback
+                if kind in (_TEXT, _JSON):
+                    if len(data) > _JSON_SMALL and kind == _JSON:
+                        return self._general_key(raw)
+                    if not data.isascii():
+                        data.decode()
+                elif kind == _NUMERIC:
+                    digits = data[1:] if data[0] == _MINUS else data
+                    if not digits.replace(b".", b"", 1).isdigit():
+                        return self._general_key(raw)
+                elif len(data) != 36 or data.translate(None, _HEX_DIGITS) != _DASHES:
+                    return self._general_key(raw)
+                size = len(data)
+                if size < _SMALL_LENGTHS:
+                    out += prefixes[size]
+                else:
+                    write_long(out, size)
+                out += data
+        except _FAST_ERRORS:
+            return self._general_key(raw)
+        return bytes(out)
+
+    def key_row(self, raw: RawTuple) -> Row:
+        """The key columns of ``raw`` as Python values (``RelationCache.row(kind='K')``)."""
+        if len(raw) != self._width:
+            self._mismatch(raw)
+        return self._convert(raw, self._key_columns)
+
+    def column_value(self, raw: RawTuple, name: str, kind: Literal["N", "O", "K"] = "N") -> Any:
+        """The Python value of column ``name`` in ``raw``, as ``RelationCache.row`` gives it.
+
+        ``None`` for NULL (and, in a ``'K'`` tuple, for a non-key column: absent there);
+        :data:`~pipeline.events.UNCHANGED_TOAST` for an unchanged TOASTed value.  Raises
+        KeyError for an unknown column, ValueConversionError for a bad value.
+        """
+        if len(raw) != self._width:
+            self._mismatch(raw)
+        column = self._names[name]
+        if kind == "K" and not column.column.is_key:
+            return None
+        return self._convert(raw, (column,))[name]
+
+    def row(self, raw: RawTuple, kind: Literal["N", "O", "K"] = "N") -> Row:
+        """The whole row image, exactly as ``RelationCache.row(..., kind=kind)`` gives it."""
+        if len(raw) != self._width:
+            self._mismatch(raw)
+        return self._convert(raw, self._key_columns if kind == "K" else self._columns)
+
+    def fill_toast(self, after: RawTuple, before: RawTuple, before_kind: OldKind) -> RawTuple:
+        """``after`` with its unchanged-TOAST values taken from the old tuple ``before``.
+
+        The raw counterpart of the reader's ``_fill_toast(after_row, before_row)``: a
+        value is taken from ``before`` only where the old row image has the column (every
+        column for ``'O'``, the key columns for ``'K'``); elsewhere it stays unchanged
+        TOAST.
+        """
+        toast = UNCHANGED_TOAST
+        if not any(v is toast for v in after):
+            return after
+        if len(after) != self._width:
+            self._mismatch(after)
+        if len(before) != self._width:
+            self._mismatch(before)
+        if before_kind == "K":
+            before = tuple(b if key else toast for b, key in zip(before, self._mask, strict=True))
+        return tuple(b if a is toast else a for a, b in zip(after, before, strict=True))
+
+    # ------------------------------------------------------------------ general path
+
+    def _convert(self, raw: RawTuple, columns: tuple[_Column, ...]) -> Row:
+        toast = UNCHANGED_TOAST
+        try:
+            return {
+                c.column.name: v if v is None or v is toast else c.convert(v)  # type: ignore[arg-type]
+                for c in columns
+                for v in (raw[c.index],)
+            }
+        except CONVERSION_ERRORS:
+            pass
+        self._raise_conversion_error(raw, columns)
+
+    def _write_general(
+        self,
+        out: bytearray,
+        op: Op,
+        before: RawTuple | None,
+        before_kind: OldKind | None,
+        after: RawTuple | None,
+        source: Source,
+        ts_ms: int,
+    ) -> None:
+        """The general path: convert (new row first, as the reader does), then encode."""
+        after_row = None if after is None else self.row(after)
+        before_row = None if before is None else self.row(before, before_kind or "O")
+        event = ChangeEvent(op, source, ts_ms, before_row, after_row)
+        try:
+            self.codec.write_value(out, event)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            raise encode_error(self.table_schema, f"{op!r} event", exc) from exc
+
+    def _general_key(self, raw: RawTuple) -> bytes:
+        key_row = self.key_row(raw)
+        out = bytearray()
+        try:
+            self.codec.write_key(out, key_row)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            raise encode_error(self.table_schema, "key", exc) from exc
+        return bytes(out)
+
+    def _mismatch(self, raw: RawTuple) -> NoReturn:
+        schema = self.table_schema
+        raise SchemaMismatchError(
+            f"a tuple of {schema.qualified_name} (relation id {schema.relation_id}) has"
+            f" {len(raw)} columns but its newest Relation message has {self._width}:"
+            " a Relation message was lost or applied out of order"
+        )
+
+    def _raise_conversion_error(self, raw: RawTuple, columns: tuple[_Column, ...]) -> NoReturn:
+        """The ValueConversionError of the first column that does not convert.
+
+        Same message as ``RelationCache.row``'s.
+        """
+        schema = self.table_schema
+        for c in columns:
+            value = raw[c.index]
+            if value is None or value is UNCHANGED_TOAST:
+                continue
+            column = c.column
+            type_desc = f"{column.type_name or 'unknown type'} (oid {column.type_oid})"
+            where = f"column {column.name!r} of {schema.qualified_name}, type {type_desc}"
+            if isinstance(value, BinaryValue):
+                raise ValueConversionError(
+                    f"{where}: value sent in binary format, which is not supported;"
+                    " start replication with binary 'false'"
+                )
+            try:
+                c.convert(value)
+            except CONVERSION_ERRORS as exc:
+                raise ValueConversionError(
+                    f"{where}: cannot convert {_show(value)}: {exc}"
+                ) from exc
+        raise ValueConversionError(  # pragma: no cover - converters are deterministic
+            f"a value of {schema.qualified_name} failed to convert but none fails on retry"
+        )
+
+
+def _show(value: Datum) -> str:
+    """A value's text for an error message, truncated (as RelationCache shows it)."""
+    if not isinstance(value, bytes):
+        return repr(value)
+    text = value.decode(errors="replace")
+    if len(text) > _SHOWN_TEXT:
+        return f"{text[:_SHOWN_TEXT]!r}... ({len(value)} bytes)"
+    return repr(text)
+
+
+def compile_raw(
+    table_schema: TableSchema, topic_prefix: str, converter_of: ConverterOf = converter_for
+) -> RawTableEncoder:
+    """A :class:`RawTableEncoder` for ``table_schema`` under ``topic_prefix``.
+
+    ``converter_of`` must be the converter lookup of the rows it stands in for (the
+    reader's ``RelationCache.converter``; the default is right for built-in types).
+    """
+    return RawTableEncoder(compile_table(table_schema, topic_prefix), converter_of)
+
+
+class FramedRawEncoder:
+    """A :class:`RawTableEncoder` with a codec's message headers: Kafka key/value bytes.
+
+    Made by ``SingleObjectCodec.raw_encoder`` / ``ConfluentRegistryCodec.raw_encoder``
+    once the table's schemas are registered; :meth:`value` / :meth:`key` return exactly
+    what ``encode_value`` / ``encode_key`` would for the converted rows (same header,
+    body decoding to the same event/key).  Thread-safe.
+    """
+
+    __slots__ = ("_key_header", "_value_header", "table")
+
+    def __init__(self, table: RawTableEncoder, key_header: bytes, value_header: bytes) -> None:
+        self.table = table
+        self._key_header = key_header
+        self._value_header = value_header
+
+    @property
+    def table_schema(self) -> TableSchema:
+        return self.table.table_schema
+
+    def value(
+        self,
+        op: Op,
+        before: RawTuple | None,
+        before_kind: OldKind | None,
+        after: RawTuple | None,
+        source: Source,
+        ts_ms: int,
+    ) -> bytes:
+        """Header + envelope body (see :meth:`RawTableEncoder.write_value`)."""
+        out = bytearray(self._value_header)
+        self.table.write_value(out, op, before, before_kind, after, source, ts_ms)
+        return bytes(out)
+
+    def key(self, raw: RawTuple) -> bytes:
+        """Header + key body (see :meth:`RawTableEncoder.key`)."""
+        return self._key_header + self.table.key(raw)
+
+    def key_row(self, raw: RawTuple) -> Row:
+        """The key columns of ``raw`` as Python values."""
+        return self.table.key_row(raw)
+
+    def fill_toast(self, after: RawTuple, before: RawTuple, before_kind: OldKind) -> RawTuple:
+        """See :meth:`RawTableEncoder.fill_toast`."""
+        return self.table.fill_toast(after, before, before_kind)
+
+    def column_value(self, raw: RawTuple, name: str, kind: Literal["N", "O", "K"] = "N") -> Any:
+        """One column's Python value (see :meth:`RawTableEncoder.column_value`)."""
+        return self.table.column_value(raw, name, kind)
