@@ -86,8 +86,9 @@ from pipeline.codec.avro_schema import (
     write_string,
 )
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent, Column, Op, Row, Source, TableSchema
-from pipeline.reader.errors import SchemaMismatchError, ValueConversionError
-from pipeline.reader.pgoutput import BinaryValue, Datum, RawTuple
+from pipeline.reader.errors import SchemaMismatchError
+from pipeline.reader.pgoutput import RawTuple
+from pipeline.reader.relations import raise_conversion_error
 from pipeline.reader.values import CONVERSION_ERRORS, Converter, converter_for
 
 __all__ = [
@@ -126,8 +127,6 @@ _DEFAULT_INT_DIGITS: Final = 4300
 _HEX_DIGITS: Final = b"0123456789abcdef"
 _DASHES: Final = b"----"
 _MINUS: Final = 0x2D
-_SHOWN_TEXT: Final = 80
-"""How many characters of an offending value an error message shows (as RelationCache)."""
 _FAST_ERRORS: Final = CONVERSION_ERRORS
 """What the fast path may raise on an unusual value: the general path then decides."""
 
@@ -562,40 +561,11 @@ class RawTableEncoder:
     def _raise_conversion_error(self, raw: RawTuple, columns: tuple[_Column, ...]) -> NoReturn:
         """The ValueConversionError of the first column that does not convert.
 
-        Same message as ``RelationCache.row``'s.
+        Same message as ``RelationCache.row``'s (one shared function).
         """
-        schema = self.table_schema
-        for c in columns:
-            value = raw[c.index]
-            if value is None or value is UNCHANGED_TOAST:
-                continue
-            column = c.column
-            type_desc = f"{column.type_name or 'unknown type'} (oid {column.type_oid})"
-            where = f"column {column.name!r} of {schema.qualified_name}, type {type_desc}"
-            if isinstance(value, BinaryValue):
-                raise ValueConversionError(
-                    f"{where}: value sent in binary format, which is not supported;"
-                    " start replication with binary 'false'"
-                )
-            try:
-                c.convert(value)
-            except CONVERSION_ERRORS as exc:
-                raise ValueConversionError(
-                    f"{where}: cannot convert {_show(value)}: {exc}"
-                ) from exc
-        raise ValueConversionError(  # pragma: no cover - converters are deterministic
-            f"a value of {schema.qualified_name} failed to convert but none fails on retry"
+        raise_conversion_error(
+            self.table_schema, ((c.column, c.convert, raw[c.index]) for c in columns)
         )
-
-
-def _show(value: Datum) -> str:
-    """A value's text for an error message, truncated (as RelationCache shows it)."""
-    if not isinstance(value, bytes):
-        return repr(value)
-    text = value.decode(errors="replace")
-    if len(text) > _SHOWN_TEXT:
-        return f"{text[:_SHOWN_TEXT]!r}... ({len(value)} bytes)"
-    return repr(text)
 
 
 def compile_raw(

@@ -218,25 +218,35 @@ class RelationCache:
 
     def _raise_conversion_error(self, compiled: _Compiled, values: RawTuple) -> NoReturn:
         schema = compiled.schema
-        for column, convert, value in zip(schema.columns, compiled.converters, values, strict=True):
-            if value is None or value is UNCHANGED_TOAST:
-                continue
-            type_desc = f"{column.type_name or 'unknown type'} (oid {column.type_oid})"
-            where = f"column {column.name!r} of {schema.qualified_name}, type {type_desc}"
-            if isinstance(value, BinaryValue):
-                raise ValueConversionError(
-                    f"{where}: value sent in binary format, which is not supported;"
-                    " start replication with binary 'false'"
-                )
-            try:
-                convert(value)
-            except CONVERSION_ERRORS as exc:
-                raise ValueConversionError(
-                    f"{where}: cannot convert {_show(value)}: {exc}"
-                ) from exc
-        raise ValueConversionError(  # pragma: no cover - converters are deterministic
-            f"a value of {schema.qualified_name} failed to convert but none fails on retry"
+        raise_conversion_error(
+            schema, zip(schema.columns, compiled.converters, values, strict=True)
         )
+
+
+def raise_conversion_error(
+    schema: TableSchema, cells: Iterable[tuple[Column, Converter, Datum]]
+) -> NoReturn:
+    """Raise the ValueConversionError of the first cell that does not convert.
+
+    The one message every conversion path gives: column, table, type, offending text.
+    """
+    for column, convert, value in cells:
+        if value is None or value is UNCHANGED_TOAST:
+            continue
+        type_desc = f"{column.type_name or 'unknown type'} (oid {column.type_oid})"
+        where = f"column {column.name!r} of {schema.qualified_name}, type {type_desc}"
+        if isinstance(value, BinaryValue):
+            raise ValueConversionError(
+                f"{where}: value sent in binary format, which is not supported;"
+                " start replication with binary 'false'"
+            )
+        try:
+            convert(value)
+        except CONVERSION_ERRORS as exc:
+            raise ValueConversionError(f"{where}: cannot convert {_show(value)}: {exc}") from exc
+    raise ValueConversionError(  # pragma: no cover - converters are deterministic
+        f"a value of {schema.qualified_name} failed to convert but none fails on retry"
+    )
 
 
 def _show(value: Datum) -> str:

@@ -26,6 +26,19 @@ from pipeline.reader.tail import tail
 
 CLI = str(Path(sys.executable).parent / "catalog-cdc")
 
+# The demo catalog's tables and their primary keys.
+TABLE_KEYS = {
+    "stores": ("id",),
+    "brands": ("id",),
+    "categories": ("id",),
+    "products": ("id",),
+    "product_variants": ("id",),
+    "product_categories": ("product_id", "category_id"),
+    "product_images": ("id",),
+    "technical_data": ("id",),
+    "cms_pages": ("id",),
+}
+
 
 @contextmanager
 def running_reader(

@@ -15,6 +15,7 @@ import pytest
 from pipeline.demo.seed import seed_catalog
 from pipeline.events import UNCHANGED_TOAST
 from tests.integration.reader_support import (
+    TABLE_KEYS,
     assert_topic_matches_table,
     end_offsets,
     read_events,
@@ -25,18 +26,6 @@ from tests.integration.reader_support import (
 )
 
 pytestmark = pytest.mark.integration
-
-TABLE_KEYS = {
-    "stores": ("id",),
-    "brands": ("id",),
-    "categories": ("id",),
-    "products": ("id",),
-    "product_variants": ("id",),
-    "product_categories": ("product_id", "category_id"),
-    "product_images": ("id",),
-    "technical_data": ("id",),
-    "cms_pages": ("id",),
-}
 
 
 def _events_after(bootstrap: str, prefix: str, table: str, n: int) -> list[dict]:

@@ -23,6 +23,7 @@ import pytest
 from pipeline.demo.edits import run_edits
 from pipeline.demo.seed import seed_catalog
 from tests.integration.reader_support import (
+    TABLE_KEYS,
     assert_topic_matches_table,
     key_of,
     read_events,
@@ -32,18 +33,6 @@ from tests.integration.reader_support import (
 )
 
 pytestmark = pytest.mark.integration
-
-TABLE_KEYS = {
-    "stores": ("id",),
-    "brands": ("id",),
-    "categories": ("id",),
-    "products": ("id",),
-    "product_variants": ("id",),
-    "product_categories": ("product_id", "category_id"),
-    "product_images": ("id",),
-    "technical_data": ("id",),
-    "cms_pages": ("id",),
-}
 
 AUDIT_SQL = """
 CREATE TABLE audit_log (seq bigserial PRIMARY KEY, tbl text, pk jsonb, op text, txid bigint);
