@@ -52,7 +52,7 @@ class ProcessService:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a") as fh:
             fh.write(f"\n--- starting {self.name} at {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n")
-        state.pid = spawn_detached(self.argv(exe, ports), self.log_file, cwd=self.data_dir)
+        state.pid = spawn_detached(self.argv(exe, ports), self.log_file)
         state.ports = ports
         state.executable = exe
         state.data_dir = str(self.data_dir)

@@ -63,17 +63,16 @@ def pid_runs(pid: int | None, executable: str | None) -> bool:
     return any(os.path.basename(part) == name for part in cmdline[:3])
 
 
-def spawn_detached(argv: Sequence[str], log_file: Path, cwd: Path | None = None) -> int:
+def spawn_detached(argv: Sequence[str], log_file: Path) -> int:
     """Start ``argv`` in its own session, output appended to ``log_file``; return its pid.
 
     The child outlives this process (it is the stack's job to stop it by pid), so no
-    ``Popen`` object is kept for it: ``os.posix_spawn`` with ``setsid``.
+    ``Popen`` object is kept for it: ``os.posix_spawn`` with ``setsid``.  ``argv[0]``
+    must be an absolute path, and the pid is the program's own from the first instant
+    (no shell in between), so pid checks never see anything else.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     executable = argv[0]
-    if cwd is not None:  # posix_spawn has no cwd: resolve paths first, chdir through sh
-        argv = ["/bin/sh", "-c", 'cd "$0" && exec "$@"', str(cwd), *argv]
-        executable = "/bin/sh"
     log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         return os.posix_spawn(
