@@ -44,3 +44,8 @@ step "row counts (catalog database)"
 $CLI demo counts
 step "running services"
 $CLI stack status
+echo
+echo "The stack keeps running (data under .stack/): '.venv/bin/catalog-cdc stack down' stops it."
+echo "Follow live events: '.venv/bin/catalog-cdc reader' in one terminal,"
+echo "'.venv/bin/catalog-cdc demo edits --rate 20 --duration 60' and"
+echo "'.venv/bin/catalog-cdc tail catalog.public.products' in others."
