@@ -131,9 +131,6 @@ class IncrementalSnapshot:
             if row is not None:
                 chunk.rows.pop(tuple(row.get(k) for k in pk), None)
 
-    def on_commit(self, end_lsn: int) -> None:
-        """Nothing to do at commit; kept for symmetry with the stream's events."""
-
     # -- driving --------------------------------------------------------------------
 
     def step(self) -> None:

@@ -26,7 +26,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -438,8 +437,6 @@ class Reader:
         self._tx = None
         self.metrics.transactions.inc()
         self.metrics.last_commit_ts.set(msg.commit_ts_ms / 1000.0)
-        assert self.incremental is not None
-        self.incremental.on_commit(msg.end_lsn)
 
     def _on_relation(self, msg: po.Relation, x: XLogData) -> None:
         self._apply_relation(msg, ())
@@ -564,7 +561,15 @@ class Reader:
             topic = self.topic_for(schema.schema, schema.table)
             event = ChangeEvent(
                 op="t",
-                source=self._source(schema, x.data_start, "false"),
+                source=Source(
+                    self._db,
+                    schema.schema,
+                    schema.table,
+                    x.data_start,
+                    self._tx_xid,
+                    self._tx_ts_ms,
+                    "false",
+                ),
                 ts_ms=_now_ms(),
                 table_schema=schema,
             )
@@ -580,17 +585,6 @@ class Reader:
             log.debug("event=logical_message prefix=%s bytes=%d", msg.prefix, len(msg.content))
 
     # ------------------------------------------------------------------ producing
-
-    def _source(self, schema: TableSchema, lsn: int, snapshot: SnapshotMarker) -> Source:
-        return Source(
-            db=self._db,
-            schema=schema.schema,
-            table=schema.table,
-            lsn=lsn,
-            tx_id=self._tx_xid if snapshot == "false" else None,
-            ts_ms=self._tx_ts_ms if snapshot == "false" else _now_ms(),
-            snapshot=snapshot,
-        )
 
     def _change(
         self,
@@ -739,7 +733,3 @@ class Reader:
 
 def _show(key: Row) -> str:
     return json.dumps(key, default=str, sort_keys=True)
-
-
-def new_signal_id() -> str:
-    return uuid.uuid4().hex
