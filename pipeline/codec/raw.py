@@ -78,6 +78,7 @@ from pipeline.codec.avro_schema import (
     AvroSchema,
     FieldWriter,
     TableCodec,
+    _write_int,
     compile_table,
     encode_error,
     key_field_writers,
@@ -85,7 +86,16 @@ from pipeline.codec.avro_schema import (
     write_long,
     write_string,
 )
-from pipeline.events import UNCHANGED_TOAST, ChangeEvent, Column, Op, Row, Source, TableSchema
+from pipeline.events import (
+    UNCHANGED_TOAST,
+    ChangeEvent,
+    Column,
+    Op,
+    Row,
+    SnapshotMarker,
+    Source,
+    TableSchema,
+)
 from pipeline.reader.errors import SchemaMismatchError
 from pipeline.reader.pgoutput import RawTuple
 from pipeline.reader.relations import raise_conversion_error
@@ -129,6 +139,17 @@ _DASHES: Final = b"----"
 _MINUS: Final = 0x2D
 _FAST_ERRORS: Final = CONVERSION_ERRORS
 """What the fast path may raise on an unusual value: the general path then decides."""
+
+
+_INT_BOUNDS: Final[dict[Any, tuple[int, int]]] = {
+    write_long: (-(1 << 63), (1 << 63) - 1),
+    _write_int: (-(1 << 31), (1 << 31) - 1),
+}
+"""Avro ``long``/``int`` writers -> the range they accept (outside it they raise)."""
+_LSN_MAX: Final = (1 << 63) - 1
+_SMALL_VARINTS: Final = tuple(
+    bytes([(n << 1) if n >= 0 else ((-n << 1) - 1)]) for n in range(-64, 64)
+)
 
 
 def _varint(n: int) -> bytes:
@@ -188,78 +209,142 @@ def _step(field: FieldWriter, convert: Converter) -> _Step:
 def _row_writer(steps: tuple[_Step, ...], json_max: int) -> Callable[[bytearray, RawTuple], None]:
     """The fast writer of one ``Value`` record from a raw tuple (see the module doc).
 
+    Generated once per table version as straight-line Python (one block per column,
+    specialised to the column's kind), so the per-row cost is the columns' own work, not
+    a loop over step tuples.  The caller checks the tuple's width first.
+
     Raises one of CONVERSION_ERRORS on any value it does not handle itself.
     """
-    toast = UNCHANGED_TOAST
-    convert_kind, memo_kind, text_kind, numeric_kind = _CONVERT, _MEMO, _TEXT, _NUMERIC
-    uuid_kind = _UUID
-    small, max_open, small_json = _SMALL_LENGTHS, _JSON_MAX_OPEN, _JSON_SMALL
-    hex_digits, dashes, minus = _HEX_DIGITS, _DASHES, _MINUS
-
-    def write_row(out: bytearray, raw: RawTuple) -> None:
-        for (kind, null_tag, value_tag, toast_tag, convert, write, prefixes, memo), v in zip(
-            steps, raw, strict=True
-        ):
-            if v is None:
-                out += null_tag
-                continue
-            if v is toast:
-                out += toast_tag
-                continue
-            if kind == convert_kind:
-                x = convert(v)  # type: ignore[arg-type]  # a BinaryValue raises: see module doc
-                if x is None:  # JSON null
-                    out += null_tag
-                else:
-                    out += value_tag
-                    write(out, x)
-                continue
-            if kind == memo_kind:
-                last = memo[0]
-                if v == last[0]:  # same text, same bytes (converters are deterministic)
-                    out += last[1]
-                    continue
-                start = len(out)
-                x = convert(v)  # type: ignore[arg-type]  # a BinaryValue raises: see module doc
-                if x is None:
-                    out += null_tag
-                else:
-                    out += value_tag
-                    write(out, x)
-                memo[0] = (v, bytes(out[start:]))  # one reference swap: thread-safe
-                continue
-            data: bytes = v  # type: ignore[assignment]  # a BinaryValue fails below: fallback
-            if kind == text_kind:
-                if not data.isascii():
-                    data.decode()
-            elif kind == numeric_kind:
-                digits = data[1:] if data[0] == minus else data
-                if not digits.replace(b".", b"", 1).isdigit():
-                    out += value_tag
-                    write(out, convert(data))
-                    continue
-            elif kind == uuid_kind:
-                if len(data) != 36 or data.translate(None, hex_digits) != dashes:
-                    out += value_tag
-                    write(out, convert(data))
-                    continue
-            else:  # JSON
-                size = len(data)
-                if size > small_json and (
-                    size > json_max or data.count(b"[") + data.count(b"{") > max_open
-                ):
-                    convert(data)  # may not parse in Python: validate (raises if so)
-                elif not data.isascii():
-                    data.decode()
-            size = len(data)
-            if size < small:
-                out += prefixes[size]
-            else:
-                out += value_tag
-                write_long(out, size)
-            out += data
-
-    return write_row
+    env: dict[str, Any] = {
+        "toast": UNCHANGED_TOAST,
+        "small": _SMALL_LENGTHS,
+        "max_open": _JSON_MAX_OPEN,
+        "small_json": _JSON_SMALL,
+        "json_max": json_max,
+        "hex_digits": _HEX_DIGITS,
+        "dashes": _DASHES,
+        "minus": _MINUS,
+        "write_long": write_long,
+        "small_varints": _SMALL_VARINTS,
+    }
+    names = ", ".join(f"v{i}" for i in range(len(steps)))
+    lines = ["def write_row(out, raw):"]
+    if steps:
+        lines.append(f"    {names}, = raw")
+    for i, (kind, null_tag, value_tag, toast_tag, convert, write, prefixes, memo) in enumerate(
+        steps
+    ):
+        env.update(
+            {
+                f"N{i}": null_tag,
+                f"V{i}": value_tag,
+                f"T{i}": toast_tag,
+                f"C{i}": convert,
+                f"W{i}": write,
+                f"P{i}": prefixes,
+                f"M{i}": memo,
+            }
+        )
+        v = f"v{i}"
+        lines += [
+            f"    if {v} is None:",
+            f"        out += N{i}",
+            f"    elif {v} is toast:",
+            f"        out += T{i}",
+            "    else:",
+        ]
+        bounds = _INT_BOUNDS.get(write) if convert is int else None
+        if kind == _CONVERT and bounds is not None:
+            # An integer column: the zig-zag varint inline (the writer only for the
+            # out-of-range value, to raise its error).
+            lines += [
+                f"        x = C{i}({v})",
+                f"        out += V{i}",
+                "        if -64 <= x < 64:",
+                "            out += small_varints[x + 64]",
+                f"        elif {bounds[0]} <= x <= {bounds[1]}:",
+                "            z = (x << 1) ^ (x >> 63)",
+                "            while z > 0x7F:",
+                "                out.append((z & 0x7F) | 0x80)",
+                "                z >>= 7",
+                "            out.append(z)",
+                "        else:",
+                f"            W{i}(out, x)",
+            ]
+            continue
+        if kind == _CONVERT:
+            lines += [
+                f"        x = C{i}({v})",  # a BinaryValue raises: see module doc
+                "        if x is None:",  # JSON null
+                f"            out += N{i}",
+                "        else:",
+                f"            out += V{i}",
+                f"            W{i}(out, x)",
+            ]
+            continue
+        if kind == _MEMO:
+            lines += [
+                f"        last = M{i}[0]",
+                f"        if {v} == last[0]:",  # same text, same bytes (deterministic)
+                "            out += last[1]",
+                "        else:",
+                "            start = len(out)",
+                f"            x = C{i}({v})",
+                "            if x is None:",
+                f"                out += N{i}",
+                "            else:",
+                f"                out += V{i}",
+                f"                W{i}(out, x)",
+                f"            M{i}[0] = ({v}, bytes(out[start:]))",  # one swap: thread-safe
+            ]
+            continue
+        through = [
+            f"            size = len({v})",
+            "            if size < small:",
+            f"                out += P{i}[size]",
+            "            else:",
+            f"                out += V{i}",
+            "                write_long(out, size)",
+            f"            out += {v}",
+        ]
+        if kind == _TEXT:
+            lines += [
+                f"        if not {v}.isascii():",  # a BinaryValue raises AttributeError
+                f"            {v}.decode()",
+                "        if True:",
+            ]
+        elif kind == _NUMERIC:
+            lines += [
+                f"        digits = {v}[1:] if {v}[0] == minus else {v}",
+                '        if not digits.replace(b".", b"", 1).isdigit():',
+                f"            out += V{i}",
+                f"            W{i}(out, C{i}({v}))",
+                "        else:",
+            ]
+        elif kind == _UUID:
+            lines += [
+                f"        if len({v}) != 36 or {v}.translate(None, hex_digits) != dashes:",
+                f"            out += V{i}",
+                f"            W{i}(out, C{i}({v}))",
+                "        else:",
+            ]
+        else:  # JSON
+            lines += [
+                f"        size = len({v})",
+                "        if size > small_json and (",
+                f'            size > json_max or {v}.count(b"[") + {v}.count(b"{{") > max_open',
+                "        ):",
+                f"            C{i}({v})",  # may not parse in Python: validate (raises if so)
+                f"        elif not {v}.isascii():",
+                f"            {v}.decode()",
+                "        if True:",
+            ]
+        lines += through
+    if not steps:
+        lines.append("    pass")
+    exec(compile("\n".join(lines) + "\n", "<raw row writer>", "exec"), env)
+    writer: Callable[[bytearray, RawTuple], None] = env["write_row"]
+    return writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +368,7 @@ class RawTableEncoder:
     __slots__ = (
         "_columns",
         "_head",
+        "_int_key",
         "_json_max",
         "_key_columns",
         "_key_steps",
@@ -319,6 +405,12 @@ class RawTableEncoder:
             for f in key_field_writers(codec)
             for i in (by_name[f.column],)
         )
+        self._int_key: tuple[int, int, int] | None = None
+        if len(self._key_steps) == 1:
+            index, kind, convert, write, _ = self._key_steps[0]
+            bounds = _INT_BOUNDS.get(write)
+            if kind == _CONVERT and convert is int and bounds is not None:
+                self._int_key = (index, *bounds)
         # Envelope tail memos: (key, bytes), swapped whole (atomic for threads).
         self._head: tuple[Any, bytes] = ((), b"")
         self._tail: tuple[Any, bytes] = ((), b"")
@@ -358,6 +450,56 @@ class RawTableEncoder:
 
         Raises ValueConversionError, SchemaMismatchError or EncodeError (see the module).
         """
+        self._write(
+            out, op, before, before_kind, after, source.db, source.schema, source.table,
+            source.lsn, source.tx_id, source.ts_ms, source.snapshot, ts_ms, source,
+        )  # fmt: skip
+
+    def write_event(
+        self,
+        out: bytearray,
+        op: Op,
+        before: RawTuple | None,
+        before_kind: OldKind | None,
+        after: RawTuple | None,
+        db: str,
+        lsn: int,
+        tx_id: int | None,
+        commit_ts_ms: int,
+        snapshot: SnapshotMarker,
+        ts_ms: int,
+    ) -> None:
+        """:meth:`write_value` with ``source = Source(db, table_schema.schema,
+        table_schema.table, lsn, tx_id, commit_ts_ms, snapshot)``: the same bytes, without
+        building a :class:`Source` per event (the reader's hot path)."""
+        schema = self.table_schema
+        self._write(
+            out, op, before, before_kind, after, db, schema.schema, schema.table, lsn, tx_id,
+            commit_ts_ms, snapshot, ts_ms, None,
+        )  # fmt: skip
+
+    def _write(
+        self,
+        out: bytearray,
+        op: Op,
+        before: RawTuple | None,
+        before_kind: OldKind | None,
+        after: RawTuple | None,
+        db: str,
+        schema: str,
+        table: str,
+        lsn: int,
+        tx_id: int | None,
+        commit_ts_ms: int,
+        snapshot: SnapshotMarker,
+        ts_ms: int,
+        source: Source | None,
+    ) -> None:
+        """The envelope: the rows, then ``op``, ``ts_ms`` and ``source`` in
+        :func:`~pipeline.codec.avro_schema.value_schema`'s field order.  The parts of the
+        tail that repeat from event to event (all but the LSN, within a transaction) are
+        memoized.  Anything unusual in the rows: the general path (with ``source``, or
+        one built from the fields)."""
         width = self._width
         if after is not None and len(after) != width:
             self._mismatch(after)
@@ -379,38 +521,39 @@ class RawTableEncoder:
                 self._write_row(out, after)
         except _FAST_ERRORS:
             del out[start:]
+            if source is None:
+                source = Source(db, schema, table, lsn, tx_id, commit_ts_ms, snapshot)
             self._write_general(out, op, before, before_kind, after, source, ts_ms)
             return
-        self._write_tail(out, op, ts_ms, source)
-
-    def _write_tail(self, out: bytearray, op: Op, ts_ms: int, source: Source) -> None:
-        """``op``, ``ts_ms`` and ``source``, in :func:`~pipeline.codec.avro_schema.
-        value_schema`'s field order; the parts that repeat from event to event (all but
-        the LSN, within a transaction) are memoized."""
-        key: tuple[Any, ...] = (op, ts_ms, source.db, source.schema, source.table)
         head = self._head
-        if head[0] != key:
+        if head[0] != (op, ts_ms, db, schema, table):
             buf = bytearray()
             write_string(buf, op)
             write_long(buf, ts_ms)
-            write_string(buf, source.db)
-            write_string(buf, source.schema)
-            write_string(buf, source.table)
-            head = self._head = (key, bytes(buf))
+            write_string(buf, db)
+            write_string(buf, schema)
+            write_string(buf, table)
+            head = self._head = ((op, ts_ms, db, schema, table), bytes(buf))
         out += head[1]
-        write_long(out, source.lsn)
-        key = (source.tx_id, source.ts_ms, source.snapshot)
+        if 0 <= lsn <= _LSN_MAX:  # an LSN is a u64 < 2**63 in practice: its varint inline
+            z = lsn << 1
+            while z > 0x7F:
+                out.append((z & 0x7F) | 0x80)
+                z >>= 7
+            out.append(z)
+        else:
+            write_long(out, lsn)
         tail = self._tail
-        if tail[0] != key:
+        if tail[0] != (tx_id, commit_ts_ms, snapshot):
             buf = bytearray()
-            if source.tx_id is None:
+            if tx_id is None:
                 buf += b"\x00"
             else:
                 buf += b"\x02"
-                write_long(buf, source.tx_id)
-            write_long(buf, source.ts_ms)
-            write_string(buf, source.snapshot)
-            tail = self._tail = (key, bytes(buf))
+                write_long(buf, tx_id)
+            write_long(buf, commit_ts_ms)
+            write_string(buf, snapshot)
+            tail = self._tail = ((tx_id, commit_ts_ms, snapshot), bytes(buf))
         out += tail[1]
 
     def _masked(self, raw: RawTuple) -> RawTuple:
@@ -428,6 +571,26 @@ class RawTableEncoder:
         """
         if len(raw) != self._width:
             self._mismatch(raw)
+        int_key = self._int_key
+        if int_key is not None:  # one integer key column (the usual case)
+            index, low, high = int_key
+            v = raw[index]
+            if v.__class__ is bytes:
+                try:
+                    n = int(v)
+                except _FAST_ERRORS:
+                    return self._general_key(raw)
+                if -64 <= n < 64:
+                    return _SMALL_VARINTS[n + 64]
+                if low <= n <= high:
+                    out = bytearray()
+                    z = (n << 1) ^ (n >> 63)
+                    while z > 0x7F:
+                        out.append((z & 0x7F) | 0x80)
+                        z >>= 7
+                    out.append(z)
+                    return bytes(out)
+            return self._general_key(raw)
         out = bytearray()
         toast = UNCHANGED_TOAST
         try:
@@ -611,6 +774,29 @@ class FramedRawEncoder:
         """Header + envelope body (see :meth:`RawTableEncoder.write_value`)."""
         out = bytearray(self._value_header)
         self.table.write_value(out, op, before, before_kind, after, source, ts_ms)
+        return bytes(out)
+
+    def event(
+        self,
+        op: Op,
+        before: RawTuple | None,
+        before_kind: OldKind | None,
+        after: RawTuple | None,
+        db: str,
+        lsn: int,
+        tx_id: int | None,
+        commit_ts_ms: int,
+        snapshot: SnapshotMarker,
+        ts_ms: int,
+    ) -> bytes:
+        """Header + envelope body (see :meth:`RawTableEncoder.write_event`)."""
+        out = bytearray(self._value_header)
+        table = self.table
+        schema = table.table_schema
+        table._write(
+            out, op, before, before_kind, after, db, schema.schema, schema.table, lsn, tx_id,
+            commit_ts_ms, snapshot, ts_ms, None,
+        )  # fmt: skip
         return bytes(out)
 
     def key(self, raw: RawTuple) -> bytes:

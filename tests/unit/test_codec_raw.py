@@ -400,6 +400,33 @@ def test_value_decodes_like_the_general_path(
 
 
 @RAW_SETTINGS
+@given(
+    op=st.sampled_from(["c", "u", "d", "r"]),
+    before=st.none() | TUPLES,
+    kind=st.sampled_from(["O", "K"]),
+    after=st.none() | TUPLES,
+    source=SOURCES,
+    ts_ms=st.integers(0, 2**45),
+)
+def test_event_is_value_without_a_source_object(
+    paths: Paths, op: Any, before: Any, kind: Any, after: Any, source: Source, ts_ms: int
+) -> None:
+    """``event(...)`` (the reader's hot path) writes exactly ``value(...)``'s bytes."""
+    if before is not None and kind == "K":
+        before = key_only(before)
+    schema = paths.schema
+    source = Source(
+        source.db, schema.schema, schema.table, source.lsn, source.tx_id, source.ts_ms,
+        source.snapshot,
+    )  # fmt: skip
+    same = lambda data: data  # noqa: E731
+    value = outcome(lambda: paths.raw.value(op, before, kind, after, source, ts_ms), same)
+    args = (source.db, source.lsn, source.tx_id, source.ts_ms, source.snapshot, ts_ms)
+    event = outcome(lambda: paths.raw.event(op, before, kind, after, *args), same)
+    assert event == value
+
+
+@RAW_SETTINGS
 @given(raw=TUPLES)
 def test_key_and_python_values_like_the_general_path(paths: Paths, raw: po.RawTuple) -> None:
     assert paths.check_key(raw)[0] == "ok"
