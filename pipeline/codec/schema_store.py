@@ -220,26 +220,42 @@ class KafkaSchemaStore:
             ) from exc
         self._topic_ready = True
 
-    def _produce(self, fp: bytes, text: str) -> None:
-        self._ensure_topic()
+    def prepare(self) -> None:
+        """Create the schema topic and the producer now, not on the first registration.
+
+        An idempotent producer first obtains a producer id from the broker (about half a
+        second here); started early, that overlaps with the caller's own start-up instead
+        of delaying the first message that needs a new schema.  Optional: registration
+        does the same when it has not been done.
+        """
+        with self._lock:
+            self._ensure_topic()
+            self._producer_ready().poll(0)
+
+    def _producer_ready(self) -> Producer:
         if self._producer is None:
             self._producer = Producer(
                 self._config(**{"enable.idempotence": True, "acks": "all", "linger.ms": 0})
             )
+        return self._producer
+
+    def _produce(self, fp: bytes, text: str) -> None:
+        self._ensure_topic()
+        producer = self._producer_ready()
         outcome: list[KafkaError | None] = []
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
             outcome.append(err)
 
         try:
-            self._producer.produce(
+            producer.produce(
                 self.topic, key=fp.hex().encode(), value=text.encode(), on_delivery=on_delivery
             )
         except (KafkaException, BufferError) as exc:
             raise SchemaStoreError(
                 f"cannot produce schema {fp.hex()} to {self.topic!r}: {exc}"
             ) from exc
-        remaining = self._producer.flush(self._timeout)
+        remaining = producer.flush(self._timeout)
         if remaining or not outcome:
             raise SchemaStoreError(
                 f"schema {fp.hex()} was not acknowledged by {self.topic!r} within "

@@ -187,6 +187,13 @@ class SingleObjectCodec:
     def encoding(self) -> SingleObjectEncoding:
         return self._encoding
 
+    def prepare(self) -> None:
+        """Let the schema store connect now (``prepare()`` of a store that has one), so
+        the first registration does not pay for it."""
+        prepare = getattr(self._encoding.store, "prepare", None)
+        if prepare is not None:
+            prepare()
+
     def table(self, table_schema: TableSchema) -> tuple[TableCodec, bytes, bytes]:
         """Compiled codec and registered key/value fingerprints of ``table_schema``."""
         entry = self._tables.get(id(table_schema))
