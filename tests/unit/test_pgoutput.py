@@ -6,6 +6,7 @@ import contextlib
 import struct
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -36,8 +37,10 @@ from pipeline.reader.pgoutput import (
     Truncate,
     Type,
     Update,
+    decode_insert,
     decode_message,
     format_lsn,
+    insert_parser,
     pg_timestamp_to_epoch_ms,
 )
 from pipeline.reader.relations import RelationCache
@@ -352,12 +355,48 @@ def test_garbage_raises_only_decode_errors(raw: bytes) -> None:
         decode_message(raw)
 
 
+def _insert_outcome(fn: Any, raw: bytes) -> Any:
+    try:
+        return fn(raw)
+    except PgOutputDecodeError as exc:
+        return ("error", exc.offset, str(exc))
+
+
+@given(st.binary(max_size=64))
+def test_decode_insert_is_decode_message_for_inserts(tail: bytes) -> None:
+    """The reader's Insert fast path: same tuple, or the same error, as decode_message."""
+    for raw in (b"I" + tail, insert(5, (b"1", None, UNCHANGED_TOAST, BinaryValue(b"x"))) + tail):
+        general = _insert_outcome(decode_message, raw)
+        if isinstance(general, Insert):
+            general = (general.relation_id, general.new)
+        assert _insert_outcome(decode_insert, raw) == general
+
+
 datum = st.one_of(
     st.none(),
     st.just(UNCHANGED_TOAST),
     st.binary(max_size=40),
     st.binary(max_size=10).map(BinaryValue),
 )
+
+
+@given(
+    st.lists(datum, max_size=12).map(tuple),
+    st.integers(0, 12),
+    st.integers(0, 40),
+    st.binary(max_size=3),
+)
+def test_insert_parser_is_decode_insert_or_declines(
+    new: tuple[Datum, ...], width: int, cut: int, extra: bytes
+) -> None:
+    """The generated Insert parser gives decode_insert's tuple, or None (never raises)."""
+    raw = insert(9, new)
+    for buf in (raw, raw[: len(raw) - cut], raw + extra):
+        parsed = insert_parser(width)(buf)
+        if parsed is not None:
+            assert (9, parsed) == decode_insert(buf)
+    if width == len(new) and not any(isinstance(v, BinaryValue) for v in new):
+        assert insert_parser(width)(raw) == new
 
 
 @given(
