@@ -992,15 +992,20 @@ def _row_writer(fields: list[dict[str, Any]], names: Mapping[str, Any]) -> RowWr
 
     def write_row(out: bytearray, row: Row) -> None:
         get = row.get
-        for column, null_tag, value_tag, toast_tag, write in steps:
-            v = get(column)
-            if v is None:
-                out += null_tag
-            elif v is toast:
-                out += toast_tag
-            else:
-                out += value_tag
-                write(out, v)
+        column = ""
+        try:
+            for column, null_tag, value_tag, toast_tag, write in steps:
+                v = get(column)
+                if v is None:
+                    out += null_tag
+                elif v is toast:
+                    out += toast_tag
+                else:
+                    out += value_tag
+                    write(out, v)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            # Name the column (the callers turn this into an EncodeError).
+            raise ValueError(f"column {column!r}: {exc}") from exc
 
     return write_row
 
