@@ -11,9 +11,13 @@ entry with a counter).
 
 from __future__ import annotations
 
+import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -54,6 +58,24 @@ class AckTracker:
         self.in_flight -= 1
         if tx.pending == 0 and tx.end_lsn is not None:
             self._advance()
+
+    def on_delivery(self, tx: _Tx) -> Callable[[Any, Any], None]:
+        """The producer's delivery callback for ``tx``'s events: :meth:`ack` on success,
+        :meth:`fail` on error.  One per transaction (not per event), and one Python call
+        per delivery report, as the hot path needs.
+        """
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                self.fail(str(err))
+                log.error("event=delivery_failed error=%s", err)
+                return
+            tx.pending -= 1
+            self.in_flight -= 1
+            if tx.pending == 0 and tx.end_lsn is not None:
+                self._advance()
+
+        return delivered
 
     def fail(self, reason: str) -> None:
         """A delivery failed for good: stop confirming (a restart replays from the slot)."""

@@ -63,13 +63,27 @@ class ReaderMetrics:
         )
 
         self._event_children: dict[tuple[str, str], Any] = {}
+        self._pending: dict[tuple[str, str], int] = {}
 
     def count_event(self, table: str, op: str) -> None:
-        """``events{table, op} += 1`` (children cached: labels() is slow on a hot path)."""
-        child = self._event_children.get((table, op))
-        if child is None:
-            child = self._event_children[(table, op)] = self.events.labels(table, op)
-        child.inc()
+        """``events{table, op} += 1``, added to the counter by :meth:`flush_counts`.
+
+        A plain dict on the hot path: a Prometheus counter takes a lock per ``inc``.
+        """
+        key = (table, op)
+        pending = self._pending
+        pending[key] = pending.get(key, 0) + 1
+
+    def flush_counts(self) -> None:
+        """Add the counts since the last call to ``events`` (the reader calls it often)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        for (table, op), n in pending.items():
+            child = self._event_children.get((table, op))
+            if child is None:
+                child = self._event_children[(table, op)] = self.events.labels(table, op)
+            child.inc(n)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``addr:port`` from a daemon thread."""

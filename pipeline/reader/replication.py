@@ -33,6 +33,7 @@ PG_EPOCH_OFFSET_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 197
 _XLOG_HEADER = struct.Struct("!QQQ")
 _KEEPALIVE = struct.Struct("!QQB")
 _STATUS = struct.Struct("!cQQQQB")
+_U64 = struct.Struct("!Q").unpack_from
 
 
 def lsn_to_int(text: str) -> int:
@@ -85,6 +86,8 @@ class ReplicationConnection:
         """Highest WAL position received (XLogData end or keepalive WAL end)."""
         self.flushed_lsn = 0
         """Highest position reported as flushed (durable downstream)."""
+        self.reported_lsn = 0
+        """The flushed LSN of the last status update sent."""
         self._last_status = 0.0
         self._streaming = False
 
@@ -155,17 +158,32 @@ class ReplicationConnection:
         Keepalives are handled here: a reply-requested keepalive is answered at once,
         and a status update goes out every ``status_interval`` seconds regardless.
         """
-        deadline = time.monotonic() + timeout
+        buf = self._next_xlog(timeout)
+        if buf is None:
+            return None
+        start, end, sent = _XLOG_HEADER.unpack_from(buf, 1)
+        return XLogData(start, end, sent, bytes(buf[25:]))
+
+    def read_raw(self, timeout: float) -> tuple[int, bytes] | None:
+        """:meth:`read` as ``(data_start, payload)``: the reader's hot path."""
+        buf = self._next_xlog(timeout)
+        if buf is None:
+            return None
+        return _U64(buf, 1)[0], bytes(buf[25:])
+
+    def _next_xlog(self, timeout: float) -> memoryview | None:
+        """The next ``w`` CopyData message (whole, from its type byte), or None."""
+        deadline = 0.0
         pg = self._pg
         while True:
             n, buf = pg.get_copy_data(1)
             if n > 0:
                 kind = buf[0]
                 if kind == 0x77:  # 'w'
-                    start, end, sent = _XLOG_HEADER.unpack_from(buf, 1)
+                    (end,) = _U64(buf, 9)
                     if end > self.received_lsn:
                         self.received_lsn = end
-                    return XLogData(start, end, sent, bytes(buf[25:]))
+                    return buf
                 if kind == 0x6B:  # 'k'
                     wal_end, _, reply = _KEEPALIVE.unpack_from(buf, 1)
                     if wal_end > self.received_lsn:
@@ -176,7 +194,10 @@ class ReplicationConnection:
                 raise ReplicationError(f"unexpected CopyData message type {chr(kind)!r}")
             if n == 0:
                 self.maybe_send_status()
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + timeout
+                remaining = deadline - now
                 if remaining <= 0:
                     return None
                 ready, _, _ = select.select(
@@ -195,8 +216,11 @@ class ReplicationConnection:
         if lsn > self.flushed_lsn:
             self.flushed_lsn = lsn
 
-    def maybe_send_status(self) -> None:
-        if time.monotonic() - self._last_status >= self.status_interval:
+    def maybe_send_status(self, interval: float | None = None) -> None:
+        """A status update if the last one is ``interval`` (default ``status_interval``)
+        seconds old."""
+        wait = self.status_interval if interval is None else interval
+        if time.monotonic() - self._last_status >= wait:
             self.send_status()
 
     def send_status(self, *, force: bool = False) -> None:
@@ -209,6 +233,7 @@ class ReplicationConnection:
             raise ReplicationError("could not send a standby status update")
         self._pg.flush()
         self._last_status = time.monotonic()
+        self.reported_lsn = self.flushed_lsn
         if force:
             log.debug("event=status_update flushed=%s", lsn_to_str(self.flushed_lsn))
 

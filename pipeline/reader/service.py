@@ -21,9 +21,9 @@ Guarantees
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +57,11 @@ from pipeline.reader.state import ReaderStateStore
 log = logging.getLogger(__name__)
 
 
+_U32 = struct.Struct(">I").unpack_from
+_PROMPT_STATUS_S = 0.1
+"""Least seconds between two status updates sent because the confirmed LSN advanced."""
+
+
 def _split(qualified: str) -> tuple[str, str]:
     schema, _, table = qualified.rpartition(".")
     return (schema or "public"), table
@@ -64,6 +69,34 @@ def _split(qualified: str) -> tuple[str, str]:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclasses.dataclass(slots=True)
+class _Hot:
+    """What the streaming hot path needs of one relation id's newest schema.
+
+    Made on the relation's first change and dropped on every Relation or Type message
+    (so it never outlives the schema it was made from).
+    """
+
+    schema: TableSchema
+    enc: FramedRawEncoder
+    topic: str
+    partitions: int
+    pcol: str | None
+    """The partition column (None: partition by the key)."""
+    pindex: int
+    """Its position in a tuple (-1: none, or not a column of this version)."""
+    pkey: bool
+    """Whether it is a key column (present in ``'K'`` old tuples)."""
+    signal: bool
+    parse: Callable[[bytes], po.RawTuple | None]
+    """The Insert tuple parser of the relation's width (:func:`~pipeline.reader.pgoutput.
+    insert_parser`)."""
+    plast: object = None
+    """The partition column's last text, and the partition it gave (converters are
+    deterministic: the same text gives the same value, so the same partition)."""
+    ppart: int = 0
 
 
 class Reader:
@@ -97,6 +130,8 @@ class Reader:
         self._targets: dict[
             int, tuple[TableSchema, tuple[FramedRawEncoder, str, str | None, int]]
         ] = {}
+        self._hot: dict[int, _Hot] = {}
+        self._parsers: dict[int, Callable[[bytes], po.RawTuple | None]] = {}
         self._partition_column = {
             _split(table): column for table, column in settings.partition_columns.items()
         }
@@ -105,6 +140,8 @@ class Reader:
         self._tx: _Tx | None = None
         self._tx_xid: int | None = None
         self._tx_ts_ms = 0
+        self._ts_ms = 0
+        """The events' ``ts_ms`` on the streaming hot path (refreshed every few ms)."""
         self._db = ""
         self._last_heartbeat = 0.0
         self._producer: Producer | None = None
@@ -220,6 +257,10 @@ class Reader:
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port)
         try:
+            # Schema store connections first: they come up while the database is set up.
+            prepare = getattr(self.codec, "prepare", None)
+            if prepare is not None:
+                prepare()
             shapes = self._setup_database()
             self._setup_topics(shapes)
             self._run(stop, shapes)
@@ -335,6 +376,7 @@ class Reader:
                         self._emit_raw(tx, schema, "r", None, None, raw, lsn, None, ts_ms, "true")
                     count += len(chunk)
                     self.metrics.snapshot_rows.inc(len(chunk))
+                    self.metrics.flush_counts()
                     self.producer.poll(0)
                     self._check_failed()
                 total += count
@@ -367,26 +409,42 @@ class Reader:
             po.Origin: lambda m, x: None,
         }
         decode = po.decode_message
+        read = repl.read_raw
+        insert = self._insert
+        producer = self.producer
+        tracker = self.tracker
         while not stop.is_set():
             burst = 0
+            # Waiting on the socket: briefly while acknowledgements are due (they are
+            # handled between bursts), longer when nothing is in flight.
+            idle_wait = 0.01 if tracker.in_flight else 0.2
+            self._ts_ms = _now_ms()
             while burst < 2000:
-                x = repl.read(0.0 if burst else 0.2)
-                if x is None:
+                got = read(0.0 if burst else idle_wait)
+                if got is None:
                     break
-                msg = decode(x.payload)
-                handler = handlers.get(type(msg))
-                if handler is None:
-                    raise ReaderError(
-                        f"unexpected pgoutput message {type(msg).__name__} (protocol v1)"
-                    )
-                handler(msg, x)
+                lsn, payload = got
+                if payload[0] == 0x49:  # 'I': the hot path, no message object
+                    insert(payload, lsn)
+                else:
+                    msg = decode(payload)
+                    handler = handlers.get(type(msg))
+                    if handler is None:
+                        raise ReaderError(
+                            f"unexpected pgoutput message {type(msg).__name__} (protocol v1)"
+                        )
+                    handler(msg, XLogData(lsn, lsn, 0, payload))
                 burst += 1
-            self.producer.poll(0)
+                if burst & 0xFF == 0:
+                    self._ts_ms = _now_ms()
+            producer.poll(0)
+            self.metrics.flush_counts()
             self._confirm(repl)
             self._maybe_heartbeat()
             assert self.incremental is not None
             self.incremental.step()
         # Drain: wait for every produced event, confirm, tell the server.
+        self.metrics.flush_counts()
         log.info("event=draining in_flight=%d", self.tracker.in_flight)
         self.producer.flush(60)
         self._confirm(repl)
@@ -410,6 +468,10 @@ class Reader:
         if lsn > repl.flushed_lsn:
             repl.confirm(lsn)
             self.metrics.confirmed_lsn.set(lsn)
+        if repl.flushed_lsn > repl.reported_lsn:
+            # Tell the server soon (at most 10 times a second), not only every
+            # status_interval: the slot's WAL is released and its lag reads true sooner.
+            repl.maybe_send_status(_PROMPT_STATUS_S)
         self.metrics.in_flight.set(self.tracker.in_flight)
 
     def _maybe_heartbeat(self) -> None:
@@ -442,10 +504,12 @@ class Reader:
         self._apply_relation(msg, ())
 
     def _on_type(self, msg: po.Type, x: XLogData) -> None:
+        self._hot.clear()
         self.cache.apply_type(msg)
 
     def _apply_relation(self, rel: po.Relation, types: tuple[po.Type, ...]) -> TableSchema:
         """Apply a Relation (and its types) to the stream's cache, keyed by primary key."""
+        self._hot.clear()
         for t in types:
             self.cache.apply_type(t)
         schema = self.cache.apply_relation(self._keyed_relation(rel))
@@ -493,13 +557,8 @@ class Reader:
     def _conversion_error(
         self, schema: TableSchema, raw: po.RawTuple, exc: Exception
     ) -> ReaderError:
-        key = {
-            c.name: (v.decode(errors="replace") if isinstance(v, bytes) else v)
-            for c, v in zip(schema.columns, raw, strict=False)
-            if c.is_key
-        }
         return ReaderError(
-            f"cannot convert a row of {schema.qualified_name} key={_show(key)}: {exc}. "
+            f"cannot convert a row of {schema.qualified_name} key={_raw_key(schema, raw)}: {exc}. "
             "The reader stops rather than skip it; nothing after it is confirmed, so a "
             "restart reads it again once the data or the reader is fixed"
         )
@@ -517,6 +576,89 @@ class Reader:
             entry = (schema, (enc, topic, pcol, self._partition_count(topic)))
             self._targets[id(schema)] = entry
         return entry[1]
+
+    def _hot_entry(self, relation_id: int) -> _Hot:
+        schema = self.cache.schema(relation_id)
+        enc, topic, pcol, partitions = self._target(schema)
+        names = [c.name for c in schema.columns]
+        pindex = names.index(pcol) if pcol in names else -1
+        entry = _Hot(
+            schema=schema,
+            enc=enc,
+            topic=topic,
+            partitions=partitions,
+            pcol=pcol,
+            pindex=pindex,
+            pkey=pindex >= 0 and schema.columns[pindex].is_key,
+            signal=self._is_signal(schema),
+            parse=self._insert_parser(len(schema.columns)),
+        )
+        self._hot[relation_id] = entry
+        return entry
+
+    def _insert_parser(self, ncols: int) -> Callable[[bytes], po.RawTuple | None]:
+        parser = self._parsers.get(ncols)
+        if parser is None:
+            parser = self._parsers[ncols] = po.insert_parser(ncols)
+        return parser
+
+    def _insert(self, payload: bytes, lsn: int) -> None:
+        """A streamed Insert (the hot path): the event ``_on_insert`` would produce."""
+        relation_id = _U32(payload, 1)[0] if len(payload) >= 5 else -1
+        entry = self._hot.get(relation_id)
+        if entry is None:
+            relation_id, new = po.decode_insert(payload)  # a malformed one fails here
+            entry = self._hot_entry(relation_id)
+        else:
+            parsed = entry.parse(payload)
+            new = po.decode_insert(payload)[1] if parsed is None else parsed
+        tx = self._tx
+        if entry.signal or tx is None:
+            self._on_insert(po.Insert(relation_id, new), XLogData(lsn, lsn, 0, b""))
+            return
+        schema = entry.schema
+        enc = entry.enc
+        inc = self.incremental
+        if inc is not None and inc.watching(schema):
+            inc.on_change(schema, None, enc.key_row(new))
+        try:
+            value_bytes = enc.event(
+                "c", None, None, new, self._db, lsn, self._tx_xid, self._tx_ts_ms, "false",
+                self._ts_ms,
+            )  # fmt: skip
+            key_bytes = enc.key(new)
+            partition = self._partition(entry, new, "N")
+        except ValueConversionError as exc:
+            raise self._conversion_error(schema, new, exc) from exc
+        except CatalogCdcError as exc:
+            raise ReaderError(
+                f"cannot encode a 'c' event of {schema.qualified_name} "
+                f"key={_raw_key(schema, new)}: {exc}; "
+                "the reader stops rather than skip it (nothing after it is confirmed)"
+            ) from exc
+        self._produce(tx, entry.topic, key_bytes, value_bytes, partition)
+        self.metrics.count_event(schema.table, "c")
+
+    def _partition(self, entry: _Hot, raw: po.RawTuple, kind: Literal["N", "O", "K"]) -> int:
+        """The partition of a row: its partition column's, else its key's (see
+        :func:`~pipeline.kafka.partition_for`); the last text's partition is reused."""
+        enc = entry.enc
+        pcol = entry.pcol
+        v: object = None
+        if pcol is not None:
+            if entry.pindex >= 0 and (kind != "K" or entry.pkey):
+                v = raw[entry.pindex]
+                if v.__class__ is bytes and v == entry.plast:
+                    return entry.ppart
+            pvalue = enc.column_value(raw, pcol, kind)
+            if pvalue is not None and pvalue is not UNCHANGED_TOAST:
+                partition = partition_for(pvalue, entry.partitions)
+                if v.__class__ is bytes:
+                    entry.plast, entry.ppart = v, partition
+                return partition
+        return partition_for(
+            json.dumps(enc.key_row(raw), sort_keys=True, default=str), entry.partitions
+        )
 
     def _on_insert(self, msg: po.Insert, x: XLogData) -> None:
         schema = self.cache.schema(msg.relation_id)
@@ -651,7 +793,8 @@ class Reader:
             raise self._conversion_error(schema, raw, exc) from exc
         except CatalogCdcError as exc:
             raise ReaderError(
-                f"cannot encode a {op!r} event of {schema.qualified_name}: {exc}; "
+                f"cannot encode a {op!r} event of {schema.qualified_name} "
+                f"key={_raw_key(schema, raw)}: {exc}; "
                 "the reader stops rather than skip it (nothing after it is confirmed)"
             ) from exc
         partition = partition_for(pvalue, partitions)
@@ -710,26 +853,30 @@ class Reader:
     def _produce(
         self, tx: _Tx, topic: str, key: bytes, value: bytes | None, partition: int
     ) -> None:
-        self.tracker.add(tx)
+        tx.pending += 1
+        self.tracker.in_flight += 1
         callback = tx.callback
         if callback is None:
-            callback = tx.callback = functools.partial(self._delivered, tx)
+            callback = tx.callback = self.tracker.on_delivery(tx)
+        produce = self.producer.produce
         while True:
             try:
-                self.producer.produce(
-                    topic, value=value, key=key, partition=partition, on_delivery=callback
-                )
+                produce(topic, value, key, partition, on_delivery=callback)
                 return
             except BufferError:
                 self.producer.poll(0.05)
 
-    def _delivered(self, tx: _Tx, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self.tracker.fail(str(err))
-            log.error("event=delivery_failed error=%s", err)
-            return
-        self.tracker.ack(tx)
-
 
 def _show(key: Row) -> str:
     return json.dumps(key, default=str, sort_keys=True)
+
+
+def _raw_key(schema: TableSchema, raw: po.RawTuple) -> str:
+    """The key columns' text of a raw tuple, for error messages."""
+    return _show(
+        {
+            c.name: (v.decode(errors="replace") if isinstance(v, bytes) else v)
+            for c, v in zip(schema.columns, raw, strict=False)
+            if c.is_key
+        }
+    )
