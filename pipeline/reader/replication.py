@@ -34,6 +34,7 @@ _XLOG_HEADER = struct.Struct("!QQQ")
 _KEEPALIVE = struct.Struct("!QQB")
 _STATUS = struct.Struct("!cQQQQB")
 _U64 = struct.Struct("!Q").unpack_from
+_U64_U64 = struct.Struct("!QQ").unpack_from
 
 
 def lsn_to_int(text: str) -> int:
@@ -166,17 +167,30 @@ class ReplicationConnection:
 
     def read_raw(self, timeout: float) -> tuple[int, bytes] | None:
         """:meth:`read` as ``(data_start, payload)``: the reader's hot path."""
-        buf = self._next_xlog(timeout)
-        if buf is None:
+        got = self._pg.get_copy_data(1)
+        buf = got[1]
+        if got[0] > 0 and buf[0] == 0x77:  # 'w' already buffered: the usual case
+            start, end = _U64_U64(buf, 1)
+            if end > self.received_lsn:
+                self.received_lsn = end
+            return start, bytes(buf[25:])
+        xlog = self._next_xlog(timeout, got)
+        if xlog is None:
             return None
-        return _U64(buf, 1)[0], bytes(buf[25:])
+        return _U64(xlog, 1)[0], bytes(xlog[25:])
 
-    def _next_xlog(self, timeout: float) -> memoryview | None:
-        """The next ``w`` CopyData message (whole, from its type byte), or None."""
+    def _next_xlog(
+        self, timeout: float, got: tuple[int, memoryview] | None = None
+    ) -> memoryview | None:
+        """The next ``w`` CopyData message (whole, from its type byte), or None.
+
+        ``got``: what ``get_copy_data`` already returned (not a ``w``), to handle first.
+        """
         deadline = 0.0
         pg = self._pg
         while True:
-            n, buf = pg.get_copy_data(1)
+            n, buf = got if got is not None else pg.get_copy_data(1)
+            got = None
             if n > 0:
                 kind = buf[0]
                 if kind == 0x77:  # 'w'

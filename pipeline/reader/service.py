@@ -142,6 +142,8 @@ class Reader:
         self._tx_ts_ms = 0
         self._ts_ms = 0
         """The events' ``ts_ms`` on the streaming hot path (refreshed every few ms)."""
+        self.queue_full_waits = 0
+        """How often produce() found the producer's queue full and waited (backpressure)."""
         self._db = ""
         self._last_heartbeat = 0.0
         self._producer: Producer | None = None
@@ -449,7 +451,10 @@ class Reader:
         self.producer.flush(60)
         self._confirm(repl)
         repl.send_status(force=True)
-        log.info("event=stopped confirmed=%s", lsn_to_str(repl.flushed_lsn))
+        log.info(
+            "event=stopped confirmed=%s queue_full_waits=%d",
+            lsn_to_str(repl.flushed_lsn), self.queue_full_waits,
+        )  # fmt: skip
 
     def _check_failed(self) -> None:
         if self.tracker.failed:
@@ -619,7 +624,7 @@ class Reader:
         schema = entry.schema
         enc = entry.enc
         inc = self.incremental
-        if inc is not None and inc.watching(schema):
+        if inc is not None and inc.chunk is not None and inc.watching(schema):
             inc.on_change(schema, None, enc.key_row(new))
         try:
             value_bytes = enc.event(
@@ -863,7 +868,8 @@ class Reader:
             try:
                 produce(topic, value, key, partition, on_delivery=callback)
                 return
-            except BufferError:
+            except BufferError:  # librdkafka's queue is full: wait for the broker
+                self.queue_full_waits += 1
                 self.producer.poll(0.05)
 
 

@@ -124,6 +124,7 @@ class _Producer:
 
 class _NoIncremental:
     confirm_ceiling = None
+    chunk = None
 
     def watching(self, schema: Any) -> bool:
         return False
