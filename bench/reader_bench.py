@@ -165,6 +165,10 @@ def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
             "ratio": recv_s / reader_s,
             "reader_peak_rss_mb": peak_kb / 1024,
             "reader_cpu_s": cpu_s,
+            # The machine's 1-minute load average after the round: above the core count,
+            # other work competed with the round (both clients, but the reader more:
+            # it needs a core of its own beside the walsender and the broker).
+            "load_1m": os.getloadavg()[0],
         }
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
