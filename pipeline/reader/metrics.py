@@ -65,14 +65,14 @@ class ReaderMetrics:
         self._event_children: dict[tuple[str, str], Any] = {}
         self._pending: dict[tuple[str, str], int] = {}
 
-    def count_event(self, table: str, op: str) -> None:
-        """``events{table, op} += 1``, added to the counter by :meth:`flush_counts`.
+    def count_event(self, table: str, op: str, n: int = 1) -> None:
+        """``events{table, op} += n``, added to the counter by :meth:`flush_counts`.
 
         A plain dict on the hot path: a Prometheus counter takes a lock per ``inc``.
         """
         key = (table, op)
         pending = self._pending
-        pending[key] = pending.get(key, 0) + 1
+        pending[key] = pending.get(key, 0) + n
 
     def flush_counts(self) -> None:
         """Add the counts since the last call to ``events`` (the reader calls it often)."""

@@ -106,10 +106,15 @@ class _Producer:
         self._due: list[Callable[[Any, Any], None]] = []
 
     def produce(
-        self, topic: str, value: bytes | None, key: bytes, partition: int, **kw: Any
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes,
+        partition: int,
+        on_delivery: Callable[[Any, Any], None],
     ) -> None:
         self.sent.append((topic, value, key, partition))
-        self._due.append(kw["on_delivery"])
+        self._due.append(on_delivery)
 
     def poll(self, timeout: float = 0) -> int:
         due, self._due = self._due, []
@@ -185,10 +190,12 @@ ROWS: list[tuple[po.Datum, ...]] = [
 ]
 
 
-def test_hot_path_inserts_are_the_general_paths_messages() -> None:
-    hot_reader, hot = _run(ROWS, general=False)
-    gen_reader, gen = _run(ROWS, general=True)
-    assert len(hot.sent) == len(ROWS)
+@pytest.mark.parametrize("first", [0, 4, 7], ids=["text", "null-partition", "toast"])
+def test_hot_path_inserts_are_the_general_paths_messages(first: int) -> None:
+    rows = ROWS[first:] + ROWS[:first]  # the partition memo starts on each kind
+    hot_reader, hot = _run(rows, general=False)
+    gen_reader, gen = _run(rows, general=True)
+    assert len(hot.sent) == len(rows)
     assert _decoded(hot_reader, hot) == _decoded(gen_reader, gen)
     # Every event acknowledged -> the commit's end LSN is confirmable, nothing in flight.
     assert hot_reader.tracker.confirmable == gen_reader.tracker.confirmable == 9_100
