@@ -70,9 +70,15 @@ def _vm_hwm_kb(pid: int) -> int:
     return 0
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_s(pid: int, tid: int | None = None) -> float:
+    stat = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _main_thread_cpu_s(pid: int) -> float:
+    """CPU of the process's main thread (the reader's Python thread), not librdkafka's."""
+    return _cpu_s(pid, pid)
 
 
 def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
@@ -154,6 +160,7 @@ def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
         reader_s = time.perf_counter() - started
         peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
         cpu_s = _cpu_s(proc.pid)
+        main_cpu_s = _main_thread_cpu_s(proc.pid)
         proc.terminate()
         proc.wait(60)
         return {
@@ -165,6 +172,7 @@ def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
             "ratio": recv_s / reader_s,
             "reader_peak_rss_mb": peak_kb / 1024,
             "reader_cpu_s": cpu_s,
+            "reader_main_thread_cpu_s": main_cpu_s,
             # The machine's 1-minute load average after the round: above the core count,
             # other work competed with the round (both clients, but the reader more:
             # it needs a core of its own beside the walsender and the broker).
