@@ -67,6 +67,7 @@ the text through, and it decodes to the converter's value.
 
 from __future__ import annotations
 
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,6 +148,7 @@ _INT_BOUNDS: Final[dict[Any, tuple[int, int]]] = {
 }
 """Avro ``long``/``int`` writers -> the range they accept (outside it they raise)."""
 _LSN_MAX: Final = (1 << 63) - 1
+_U32: Final = struct.Struct(">I").unpack_from
 _SMALL_VARINTS: Final = tuple(
     bytes([(n << 1) if n >= 0 else ((-n << 1) - 1)]) for n in range(-64, 64)
 )
@@ -206,15 +208,8 @@ def _step(field: FieldWriter, convert: Converter) -> _Step:
     return (kind, field.null_tag, tag, field.toast_tag, convert, field.write, prefixes, memo)
 
 
-def _row_writer(steps: tuple[_Step, ...], json_max: int) -> Callable[[bytearray, RawTuple], None]:
-    """The fast writer of one ``Value`` record from a raw tuple (see the module doc).
-
-    Generated once per table version as straight-line Python (one block per column,
-    specialised to the column's kind), so the per-row cost is the columns' own work, not
-    a loop over step tuples.  The caller checks the tuple's width first.
-
-    Raises one of CONVERSION_ERRORS on any value it does not handle itself.
-    """
+def _row_env(steps: tuple[_Step, ...], json_max: int) -> dict[str, Any]:
+    """The names the generated row writers use: shared constants, per-column tags."""
     env: dict[str, Any] = {
         "toast": UNCHANGED_TOAST,
         "small": _SMALL_LENGTHS,
@@ -227,13 +222,7 @@ def _row_writer(steps: tuple[_Step, ...], json_max: int) -> Callable[[bytearray,
         "write_long": write_long,
         "small_varints": _SMALL_VARINTS,
     }
-    names = ", ".join(f"v{i}" for i in range(len(steps)))
-    lines = ["def write_row(out, raw):"]
-    if steps:
-        lines.append(f"    {names}, = raw")
-    for i, (kind, null_tag, value_tag, toast_tag, convert, write, prefixes, memo) in enumerate(
-        steps
-    ):
+    for i, (_, null_tag, value_tag, toast_tag, convert, write, prefixes, memo) in enumerate(steps):
         env.update(
             {
                 f"N{i}": null_tag,
@@ -245,106 +234,190 @@ def _row_writer(steps: tuple[_Step, ...], json_max: int) -> Callable[[bytearray,
                 f"M{i}": memo,
             }
         )
-        v = f"v{i}"
-        lines += [
-            f"    if {v} is None:",
-            f"        out += N{i}",
-            f"    elif {v} is toast:",
-            f"        out += T{i}",
-            "    else:",
+    return env
+
+
+def _value_lines(i: int, step: _Step, indent: int) -> list[str]:
+    """Source lines writing column ``i``'s non-NULL, non-TOAST value ``v{i}``."""
+    kind, convert, write = step[0], step[4], step[5]
+    v = f"v{i}"
+    lines: list[str]
+    bounds = _INT_BOUNDS.get(write) if convert is int else None
+    if kind == _CONVERT and bounds is not None:
+        # An integer column: the zig-zag varint inline (the writer only for the
+        # out-of-range value, to raise its error).
+        lines = [
+            f"x = C{i}({v})",
+            f"out += V{i}",
+            "if -64 <= x < 64:",
+            "    out += small_varints[x + 64]",
+            f"elif {bounds[0]} <= x <= {bounds[1]}:",
+            "    z = (x << 1) ^ (x >> 63)",
+            "    while z > 0x7F:",
+            "        out.append((z & 0x7F) | 0x80)",
+            "        z >>= 7",
+            "    out.append(z)",
+            "else:",
+            f"    W{i}(out, x)",
         ]
-        bounds = _INT_BOUNDS.get(write) if convert is int else None
-        if kind == _CONVERT and bounds is not None:
-            # An integer column: the zig-zag varint inline (the writer only for the
-            # out-of-range value, to raise its error).
-            lines += [
-                f"        x = C{i}({v})",
-                f"        out += V{i}",
-                "        if -64 <= x < 64:",
-                "            out += small_varints[x + 64]",
-                f"        elif {bounds[0]} <= x <= {bounds[1]}:",
-                "            z = (x << 1) ^ (x >> 63)",
-                "            while z > 0x7F:",
-                "                out.append((z & 0x7F) | 0x80)",
-                "                z >>= 7",
-                "            out.append(z)",
-                "        else:",
-                f"            W{i}(out, x)",
-            ]
-            continue
-        if kind == _CONVERT:
-            lines += [
-                f"        x = C{i}({v})",  # a BinaryValue raises: see module doc
-                "        if x is None:",  # JSON null
-                f"            out += N{i}",
-                "        else:",
-                f"            out += V{i}",
-                f"            W{i}(out, x)",
-            ]
-            continue
-        if kind == _MEMO:
-            lines += [
-                f"        last = M{i}[0]",
-                f"        if {v} == last[0]:",  # same text, same bytes (deterministic)
-                "            out += last[1]",
-                "        else:",
-                "            start = len(out)",
-                f"            x = C{i}({v})",
-                "            if x is None:",
-                f"                out += N{i}",
-                "            else:",
-                f"                out += V{i}",
-                f"                W{i}(out, x)",
-                f"            M{i}[0] = ({v}, bytes(out[start:]))",  # one swap: thread-safe
-            ]
-            continue
+    elif kind == _CONVERT:
+        lines = [
+            f"x = C{i}({v})",  # a BinaryValue raises: see module doc
+            "if x is None:",  # JSON null
+            f"    out += N{i}",
+            "else:",
+            f"    out += V{i}",
+            f"    W{i}(out, x)",
+        ]
+    elif kind == _MEMO:
+        lines = [
+            f"last = M{i}[0]",
+            f"if {v} == last[0]:",  # same text, same bytes (converters are deterministic)
+            "    out += last[1]",
+            "else:",
+            "    start = len(out)",
+            f"    x = C{i}({v})",
+            "    if x is None:",
+            f"        out += N{i}",
+            "    else:",
+            f"        out += V{i}",
+            f"        W{i}(out, x)",
+            f"    M{i}[0] = ({v}, bytes(out[start:]))",  # one swap: thread-safe
+        ]
+    else:
         through = [
-            f"            size = len({v})",
-            "            if size < small:",
-            f"                out += P{i}[size]",
-            "            else:",
-            f"                out += V{i}",
-            "                write_long(out, size)",
-            f"            out += {v}",
+            f"    size = len({v})",
+            "    if size < small:",
+            f"        out += P{i}[size]",
+            "    else:",
+            f"        out += V{i}",
+            "        write_long(out, size)",
+            f"    out += {v}",
         ]
         if kind == _TEXT:
-            lines += [
-                f"        if not {v}.isascii():",  # a BinaryValue raises AttributeError
-                f"            {v}.decode()",
-                "        if True:",
+            lines = [
+                f"if not {v}.isascii():",  # a BinaryValue raises AttributeError
+                f"    {v}.decode()",
+                "if True:",
             ]
         elif kind == _NUMERIC:
-            lines += [
-                f"        digits = {v}[1:] if {v}[0] == minus else {v}",
-                '        if not digits.replace(b".", b"", 1).isdigit():',
-                f"            out += V{i}",
-                f"            W{i}(out, C{i}({v}))",
-                "        else:",
+            lines = [
+                f"digits = {v}[1:] if {v}[0] == minus else {v}",
+                'if not digits.replace(b".", b"", 1).isdigit():',
+                f"    out += V{i}",
+                f"    W{i}(out, C{i}({v}))",
+                "else:",
             ]
         elif kind == _UUID:
-            lines += [
-                f"        if len({v}) != 36 or {v}.translate(None, hex_digits) != dashes:",
-                f"            out += V{i}",
-                f"            W{i}(out, C{i}({v}))",
-                "        else:",
+            lines = [
+                f"if len({v}) != 36 or {v}.translate(None, hex_digits) != dashes:",
+                f"    out += V{i}",
+                f"    W{i}(out, C{i}({v}))",
+                "else:",
             ]
         else:  # JSON
-            lines += [
-                f"        size = len({v})",
-                "        if size > small_json and (",
-                f'            size > json_max or {v}.count(b"[") + {v}.count(b"{{") > max_open',
-                "        ):",
-                f"            C{i}({v})",  # may not parse in Python: validate (raises if so)
-                f"        elif not {v}.isascii():",
-                f"            {v}.decode()",
-                "        if True:",
+            lines = [
+                f"size = len({v})",
+                "if size > small_json and (",
+                f'    size > json_max or {v}.count(b"[") + {v}.count(b"{{") > max_open',
+                "):",
+                f"    C{i}({v})",  # may not parse in Python: validate (raises if so)
+                f"elif not {v}.isascii():",
+                f"    {v}.decode()",
+                "if True:",
             ]
         lines += through
-    if not steps:
+    pad = " " * indent
+    return [pad + line for line in lines]
+
+
+def _compile(lines: list[str], env: dict[str, Any], name: str, what: str) -> Any:
+    exec(compile("\n".join(lines) + "\n", what, "exec"), env)
+    return env[name]
+
+
+def _row_writer(steps: tuple[_Step, ...], json_max: int) -> Callable[[bytearray, RawTuple], None]:
+    """The fast writer of one ``Value`` record from a raw tuple (see the module doc).
+
+    Generated once per table version as straight-line Python (one block per column,
+    specialised to the column's kind), so the per-row cost is the columns' own work, not
+    a loop over step tuples.  The caller checks the tuple's width first.
+
+    Raises one of CONVERSION_ERRORS on any value it does not handle itself.
+    """
+    lines = ["def write_row(out, raw):"]
+    if steps:
+        lines.append("    " + "".join(f"v{i}, " for i in range(len(steps))) + "= raw")
+    else:
         lines.append("    pass")
-    exec(compile("\n".join(lines) + "\n", "<raw row writer>", "exec"), env)
-    writer: Callable[[bytearray, RawTuple], None] = env["write_row"]
+    for i, step in enumerate(steps):
+        lines += [
+            f"    if v{i} is None:",
+            f"        out += N{i}",
+            f"    elif v{i} is toast:",
+            f"        out += T{i}",
+            "    else:",
+            *_value_lines(i, step, 8),
+        ]
+    writer: Callable[[bytearray, RawTuple], None] = _compile(
+        lines, _row_env(steps, json_max), "write_row", "<raw row writer>"
+    )
     return writer
+
+
+def _insert_row_writer(
+    steps: tuple[_Step, ...], json_max: int
+) -> Callable[[bytes, bytearray], RawTuple | None]:
+    """Parse an Insert's pgoutput payload and write its new row in one pass.
+
+    ``(payload, out)``: reads the TupleData after ``'I'``, the relation id and ``'N'``
+    (as :func:`~pipeline.reader.pgoutput.decode_insert`), appends the ``Value`` record
+    (as :func:`_row_writer`) and returns the tuple -- or ``None`` for anything unusual
+    (another width, a binary value, a malformed message), leaving ``out`` to be thrown
+    away.  Raises one of CONVERSION_ERRORS on any value it does not handle itself.
+    """
+    width = len(steps)
+    lines = [
+        "def parse_write(buf, out):",
+        "    try:",
+        f"        if buf[5] != 0x4E or buf[6] != {width >> 8} or buf[7] != {width & 0xFF}:",
+        "            return None",
+        "        off = 8",
+    ]
+    for i, step in enumerate(steps):
+        lines += [
+            "        kind = buf[off]",
+            "        if kind == 0x74:",
+            "            (n,) = u32(buf, off + 1)",
+            "            off += 5",
+            "            end = off + n",
+            f"            v{i} = buf[off:end]",
+            "            off = end",
+            *_value_lines(i, step, 12),
+            "        elif kind == 0x6E:",
+            f"            v{i} = None",
+            f"            out += N{i}",
+            "            off += 1",
+            "        elif kind == 0x75:",
+            f"            v{i} = toast",
+            f"            out += T{i}",
+            "            off += 1",
+            "        else:",
+            "            return None",
+        ]
+    lines += [
+        "    except (IndexError, struct_error):",
+        "        return None",
+        "    if off != len(buf):",  # a short last value, or trailing bytes
+        "        return None",
+        "    return (" + "".join(f"v{i}, " for i in range(width)) + ")",
+    ]
+    env = _row_env(steps, json_max)
+    env.update({"u32": _U32, "struct_error": struct.error})
+    parse_write: Callable[[bytes, bytearray], RawTuple | None] = _compile(
+        lines, env, "parse_write", "<raw insert writer>"
+    )
+    return parse_write
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +441,7 @@ class RawTableEncoder:
     __slots__ = (
         "_columns",
         "_head",
+        "_insert_row",
         "_int_key",
         "_json_max",
         "_key_columns",
@@ -398,6 +472,7 @@ class RawTableEncoder:
         self._json_max = max_digits if max_digits > 0 else sys.maxsize
         steps = tuple(_step(f, conv) for f, conv in zip(fields, converters, strict=True))
         self._write_row = _row_writer(steps, self._json_max)
+        self._insert_row = _insert_row_writer(steps, self._json_max)
         by_name = {c.name: i for i, c in enumerate(columns)}
         lengths = tuple(_varint(n) for n in range(_SMALL_LENGTHS))
         self._key_steps = tuple(
@@ -525,6 +600,56 @@ class RawTableEncoder:
                 source = Source(db, schema, table, lsn, tx_id, commit_ts_ms, snapshot)
             self._write_general(out, op, before, before_kind, after, source, ts_ms)
             return
+        self._write_tail(out, op, ts_ms, db, schema, table, lsn, tx_id, commit_ts_ms, snapshot)
+
+    def insert_event(
+        self,
+        payload: bytes,
+        header: bytes,
+        db: str,
+        lsn: int,
+        tx_id: int | None,
+        commit_ts_ms: int,
+        snapshot: SnapshotMarker,
+        ts_ms: int,
+    ) -> tuple[bytes, RawTuple] | None:
+        """An Insert's pgoutput payload straight to its ``'c'`` event, in one pass.
+
+        ``(header + the body write_event would write, the new tuple decode_insert
+        would return)``, or ``None`` when the caller must take the general way
+        (``decode_insert``, then :meth:`write_event`, which decodes, writes or raises):
+        another width, a binary value, a malformed message, a value the fast writer
+        does not handle.  Never raises for the payload's sake.
+        """
+        out = bytearray(header)
+        out += b"\x00\x02"  # before: null; after: the Value record
+        try:
+            raw = self._insert_row(payload, out)
+        except _FAST_ERRORS:
+            return None
+        if raw is None:
+            return None
+        schema = self.table_schema
+        self._write_tail(
+            out, "c", ts_ms, db, schema.schema, schema.table, lsn, tx_id, commit_ts_ms, snapshot
+        )
+        return bytes(out), raw
+
+    def _write_tail(
+        self,
+        out: bytearray,
+        op: Op,
+        ts_ms: int,
+        db: str,
+        schema: str,
+        table: str,
+        lsn: int,
+        tx_id: int | None,
+        commit_ts_ms: int,
+        snapshot: SnapshotMarker,
+    ) -> None:
+        """``op``, ``ts_ms`` and ``source``; the parts that repeat from event to event
+        (all but the LSN, within a transaction) are memoized."""
         head = self._head
         if head[0] != (op, ts_ms, db, schema, table):
             buf = bytearray()
@@ -798,6 +923,22 @@ class FramedRawEncoder:
             commit_ts_ms, snapshot, ts_ms, None,
         )  # fmt: skip
         return bytes(out)
+
+    def insert_event(
+        self,
+        payload: bytes,
+        db: str,
+        lsn: int,
+        tx_id: int | None,
+        commit_ts_ms: int,
+        snapshot: SnapshotMarker,
+        ts_ms: int,
+    ) -> tuple[bytes, RawTuple] | None:
+        """Value bytes and new tuple of an Insert payload (see
+        :meth:`RawTableEncoder.insert_event`), or ``None``."""
+        return self.table.insert_event(
+            payload, self._value_header, db, lsn, tx_id, commit_ts_ms, snapshot, ts_ms
+        )
 
     def key(self, raw: RawTuple) -> bytes:
         """Header + key body (see :meth:`RawTableEncoder.key`)."""

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import json
 import math
+import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -424,6 +425,49 @@ def test_event_is_value_without_a_source_object(
     args = (source.db, source.lsn, source.tx_id, source.ts_ms, source.snapshot, ts_ms)
     event = outcome(lambda: paths.raw.event(op, before, kind, after, *args), same)
     assert event == value
+
+
+def insert_payload(relid: int, raw: po.RawTuple) -> bytes:
+    """A pgoutput Insert message (as the reader receives it) of ``raw``."""
+    out = [b"I", struct.pack(">I", relid), b"N", struct.pack(">H", len(raw))]
+    for v in raw:
+        if v is None:
+            out.append(b"n")
+        elif v is UNCHANGED_TOAST:
+            out.append(b"u")
+        elif isinstance(v, po.BinaryValue):
+            out.append(b"b" + struct.pack(">I", len(v.data)) + v.data)
+        else:
+            assert isinstance(v, bytes)
+            out.append(b"t" + struct.pack(">I", len(v)) + v)
+    return b"".join(out)
+
+
+@RAW_SETTINGS
+@given(raw=TUPLES, source=SOURCES, ts_ms=st.integers(0, 2**45), cut=st.integers(0, 3))
+def test_insert_event_is_decode_insert_then_event(
+    paths: Paths, raw: po.RawTuple, source: Source, ts_ms: int, cut: int
+) -> None:
+    """One pass over an Insert payload: event()'s bytes and decode_insert's tuple, or None."""
+    args = (source.db, source.lsn, source.tx_id, source.ts_ms, source.snapshot, ts_ms)
+    payload = insert_payload(7, raw)
+    assert paths.raw.insert_event(payload, *args) == (
+        paths.raw.event("c", None, None, raw, *args),
+        raw,
+    )
+    for bad in (payload[: len(payload) - 1 - cut], payload + b"x" * cut, payload[:7]):
+        got = paths.raw.insert_event(bad, *args)
+        if got is not None:  # a cut inside the last value's length can still parse
+            assert got == (
+                paths.raw.event("c", None, None, po.decode_insert(bad)[1], *args),
+                po.decode_insert(bad)[1],
+            )
+
+
+def test_insert_event_declines_what_it_does_not_handle(paths: Paths) -> None:
+    args = ("db", 1, 2, 3, "false", 4)
+    for raw in (with_value("title", po.BinaryValue(b"x")), BASE[:-1], with_value("id", b"x")):
+        assert paths.raw.insert_event(insert_payload(7, raw), *args) is None
 
 
 @RAW_SETTINGS
