@@ -628,26 +628,44 @@ class Reader:
         """A streamed Insert (the hot path): the event ``_on_insert`` would produce."""
         relation_id = _U32(payload, 1)[0] if len(payload) >= 5 else -1
         entry = self._hot.get(relation_id)
-        if entry is None:
-            relation_id, new = po.decode_insert(payload)  # a malformed one fails here
-            entry = self._hot_entry(relation_id)
-        else:
-            parsed = entry.parse(payload)
-            new = po.decode_insert(payload)[1] if parsed is None else parsed
         tx = self._tx
-        if entry.signal or tx is None:
-            self._on_insert(po.Insert(relation_id, new), XLogData(lsn, lsn, 0, b""))
-            return
+        inc = self.incremental
+        fused = None
+        if (
+            entry is not None
+            and tx is not None
+            and not entry.signal
+            and (inc is None or inc.chunk is None)
+        ):
+            # Parse and encode in one pass; None: the general way below decides.
+            fused = entry.enc.insert_event(
+                payload, self._db, lsn, self._tx_xid, self._tx_ts_ms, "false", self._ts_ms
+            )
+        value_bytes: bytes | None
+        if fused is not None:
+            assert entry is not None and tx is not None  # as tested above
+            value_bytes, new = fused
+        else:
+            if entry is None:
+                relation_id, new = po.decode_insert(payload)  # a malformed one fails here
+                entry = self._hot_entry(relation_id)
+            else:
+                parsed = entry.parse(payload)
+                new = po.decode_insert(payload)[1] if parsed is None else parsed
+            if entry.signal or tx is None:
+                self._on_insert(po.Insert(relation_id, new), XLogData(lsn, lsn, 0, b""))
+                return
+            if inc is not None and inc.chunk is not None and inc.watching(entry.schema):
+                inc.on_change(entry.schema, None, entry.enc.key_row(new))
+            value_bytes = None
         schema = entry.schema
         enc = entry.enc
-        inc = self.incremental
-        if inc is not None and inc.chunk is not None and inc.watching(schema):
-            inc.on_change(schema, None, enc.key_row(new))
         try:
-            value_bytes = enc.event(
-                "c", None, None, new, self._db, lsn, self._tx_xid, self._tx_ts_ms, "false",
-                self._ts_ms,
-            )  # fmt: skip
+            if value_bytes is None:
+                value_bytes = enc.event(
+                    "c", None, None, new, self._db, lsn, self._tx_xid, self._tx_ts_ms, "false",
+                    self._ts_ms,
+                )  # fmt: skip
             key_bytes = enc.key(new)
             pindex = entry.pindex
             if pindex >= 0 and new[pindex] == entry.plast:  # plast: a text seen before
