@@ -421,8 +421,10 @@ class Reader:
         while not stop.is_set():
             burst = 0
             # Waiting on the socket: briefly while acknowledgements are due (they are
-            # handled between bursts), longer when nothing is in flight.
-            idle_wait = 0.01 if tracker.in_flight else 0.2
+            # handled between bursts) or a confirmation is still to be sent, longer
+            # when nothing is pending.
+            pending = tracker.in_flight or repl.flushed_lsn > repl.reported_lsn
+            idle_wait = 0.01 if pending else 0.2
             self._ts_ms = _now_ms()
             while burst < 2000:
                 got = read(0.0 if burst else idle_wait)
