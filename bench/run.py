@@ -85,6 +85,10 @@ def main() -> int:
     rss = stat("reader_peak_rss_mb")
     per_row = [x["reader_cpu_s"] / x["rows"] * 1e6 for x in r["rounds"]]
     cpu_per_row = statistics.median(per_row), min(per_row), max(per_row)
+    main_per_row = None
+    if all("reader_main_thread_cpu_s" in x for x in r["rounds"]):
+        main = [x["reader_main_thread_cpu_s"] / x["rows"] * 1e6 for x in r["rounds"]]
+        main_per_row = statistics.median(main), min(main), max(main)
     load = stat("load_1m") if all("load_1m" in x for x in r["rounds"]) else None
     cores = os.cpu_count() or 1
     lines = [
@@ -115,6 +119,13 @@ def main() -> int:
         + " |",
         "| reader peak RSS, MB | " + " | ".join(f"{v:.0f}" for v in rss) + " |",
     ]
+    if main_per_row is not None:
+        lines.insert(
+            -1,
+            "| of which its Python (main) thread, µs | "
+            + " | ".join(f"{v:.1f}" for v in main_per_row)
+            + " |",
+        )
     if load is not None:
         lines.append(
             "| machine load (1 min) after the round | "
