@@ -144,24 +144,26 @@ def main() -> int:
         ]
     wall_us = statistics.median(x["reader_s"] / x["rows"] * 1e6 for x in r["rounds"])
     verdict = "meets" if ratio[0] >= 0.5 else "is BELOW"
+    main_text = f", {main_per_row[0]:.1f} µs of it in its Python thread" if main_per_row else ""
     lines += [
         f"The median ratio {verdict} the goal of 0.5. The reader used {cpu_per_row[0]:.1f} µs",
-        f"of CPU per row (its Python thread plus librdkafka's) for {wall_us:.1f} µs of wall",
-        "time. What caps it: the reader's one Python thread (pgoutput tuple parsing, Avro",
-        "encoding from the raw text, produce() and its delivery report, about 5-7 µs per",
-        "row between them) needs a core of its own, and the second of the two cores is",
-        "shared by the walsender (which decodes and sends as fast as pg_recvlogical reads",
-        "when it has that core to itself), the Kafka broker taking the events, librdkafka's",
-        "threads, and the process start-up (~0.5 s of imports and connections, inside the",
-        "timed window). pg_recvlogical only copies bytes, so it leaves the walsender a",
-        "whole core.",
+        f"of CPU per row{main_text} (start-up included: about 0.5 s of",
+        f"imports and connections, i.e. ~{0.5e6 / rows:.1f} µs per row here), for",
+        f"{wall_us:.1f} µs of wall time. What caps it: pg_recvlogical only copies bytes, so",
+        "its time is the walsender's (decoding the transaction, then sending it). The",
+        "reader's one Python thread (pgoutput parsing and Avro encoding in one pass per",
+        "Insert, produce(), delivery reports) needs a core of its own for the whole stream,",
+        "while the second core is shared by the walsender, the Kafka broker taking the",
+        "events and librdkafka's threads: the reader's wall time is its CPU time plus the",
+        "walsender's decoding phase, and other work on the machine lengthens it (load row).",
     ]
     if load is not None and (load[2] > cores or ratio[2] > 1.3 * ratio[1]):
         lines += [
             "",
             f"**Disturbed run**: the load average reached {load[2]:.1f} on {cores} cores "
             f"and the rounds spread from {ratio[1]:.2f} to {ratio[2]:.2f}: other work was",
-            "running on the machine; the ratio of a quiet machine is nearer the max.",
+            "running on the machine, so these are not a quiet machine's figures; re-run",
+            "`make bench` when it is quiet.",
         ]
     lines += [
         "",
