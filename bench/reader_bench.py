@@ -81,6 +81,25 @@ def _main_thread_cpu_s(pid: int) -> float:
     return _cpu_s(pid, pid)
 
 
+def _broker_pid() -> int | None:
+    """The local stack's Kafka broker process (noida-db), to see what it costs."""
+    try:
+        out = subprocess.run(
+            [CLI, "stack", "status", "--json"], capture_output=True, text=True, check=True
+        ).stdout
+        pid = json.loads(out)["services"]["noida"]["pid"]
+        return int(pid) if pid and Path(f"/proc/{pid}").exists() else None
+    except (subprocess.CalledProcessError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _cpu_or_zero(pid: int | None) -> float:
+    try:
+        return _cpu_s(pid) if pid else 0.0
+    except OSError:
+        return 0.0
+
+
 def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
     db = f"bench_{uuid.uuid4().hex[:8]}"
     prefix = f"bench{uuid.uuid4().hex[:6]}"
@@ -133,6 +152,8 @@ def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
         bindir = find_bindir()
         assert bindir is not None
         params = conninfo_to_dict(dsn)
+        broker = _broker_pid()
+        broker_cpu = _cpu_or_zero(broker)
         started = time.perf_counter()
         subprocess.run(
             [
@@ -144,7 +165,9 @@ def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
             env={**os.environ, "PGUSER": str(params.get("user", "postgres"))},
         )  # fmt: skip
         recv_s = time.perf_counter() - started
+        broker_cores_recv = (_cpu_or_zero(broker) - broker_cpu) / recv_s
 
+        broker_cpu = _cpu_or_zero(broker)
         started = time.perf_counter()
         argv = [CLI, "reader"]
         if PROFILE:
@@ -158,6 +181,7 @@ def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
                 peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
                 time.sleep(0.02)
         reader_s = time.perf_counter() - started
+        broker_cores_reader = (_cpu_or_zero(broker) - broker_cpu) / reader_s
         peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
         cpu_s = _cpu_s(proc.pid)
         main_cpu_s = _main_thread_cpu_s(proc.pid)
@@ -177,6 +201,10 @@ def one_round(admin_dsn: str, bootstrap: str, rows: int) -> dict[str, Any]:
             # other work competed with the round (both clients, but the reader more:
             # it needs a core of its own beside the walsender and the broker).
             "load_1m": os.getloadavg()[0],
+            # Cores the broker process kept busy while each client ran (it also serves
+            # Elasticsearch for other work: busy during pg_recvlogical = background).
+            "broker_cores_during_pg_recvlogical": broker_cores_recv,
+            "broker_cores_during_reader": broker_cores_reader,
         }
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:

@@ -132,6 +132,15 @@ def main() -> int:
             + " | ".join(f"{v:.1f}" for v in load)
             + " |"
         )
+    if all("broker_cores_during_reader" in x for x in r["rounds"]):
+        lines += [
+            "| broker CPU (cores) while pg_recvlogical ran | "
+            + " | ".join(f"{v:.2f}" for v in stat("broker_cores_during_pg_recvlogical"))
+            + " |",
+            "| broker CPU (cores) while the reader ran | "
+            + " | ".join(f"{v:.2f}" for v in stat("broker_cores_during_reader"))
+            + " |",
+        ]
     lines.append("")
     if big_run:
         lines += [
@@ -154,8 +163,10 @@ def main() -> int:
         "reader's one Python thread (pgoutput parsing and Avro encoding in one pass per",
         "Insert, produce(), delivery reports) needs a core of its own for the whole stream,",
         "while the second core is shared by the walsender, the Kafka broker taking the",
-        "events and librdkafka's threads: the reader's wall time is its CPU time plus the",
-        "walsender's decoding phase, and other work on the machine lengthens it (load row).",
+        "events and librdkafka's threads: the reader's wall time is at least its CPU time",
+        "plus the walsender's decoding phase, and other work on the machine lengthens it",
+        "(the load and broker rows: the broker, noida-db, also serves Elasticsearch, and",
+        "CPU it uses while pg_recvlogical runs is other work's).",
     ]
     if load is not None and (load[2] > cores or ratio[2] > 1.3 * ratio[1]):
         lines += [
