@@ -267,7 +267,6 @@ class Reader:
             if prepare is not None:
                 prepare()
             shapes = self._setup_database()
-            self._setup_topics(shapes)
             self._run(stop, shapes)
         finally:
             if self._producer is not None:
@@ -275,12 +274,13 @@ class Reader:
             self.conn.close()
 
     def _run(self, stop: threading.Event, shapes: dict[str, TableShape]) -> None:
-        state_store = ReaderStateStore(self.bootstrap, self.prefix)
+        """Slot and snapshot, then streaming.  What only streaming needs (the topics, for a
+        slot that exists) is set up after START_REPLICATION, while the walsender decodes
+        its first transaction: a restart streams sooner."""
         repl = ReplicationConnection(self.dsn, status_interval=self.settings.status_interval)
         try:
             _, _, _, self._db = repl.identify_system()
             state_key = f"{self._db}/{self.settings.slot}"
-            state = state_store.load(state_key) or {}
             slot = self._find_slot()
             if slot is not None and (slot[2] != self._db or slot[3] != "pgoutput"):
                 raise ReaderError(
@@ -290,6 +290,13 @@ class Reader:
                 )
             if slot is not None and slot[1] is not None:
                 slot = self._wait_slot_free(slot[1])
+            # The reader's state says whether an existing slot's snapshot finished: read it
+            # only where that matters (a slot exists and snapshots are on).
+            state_store: ReaderStateStore | None = None
+            state: dict[str, Any] = {}
+            if slot is not None and self.settings.snapshot_mode == "initial":
+                state_store = ReaderStateStore(self.bootstrap, self.prefix)
+                state = state_store.load(state_key) or {}
             if (
                 slot is not None
                 and not state.get("snapshot_done")
@@ -301,7 +308,12 @@ class Reader:
                 self.conn.execute("SELECT pg_drop_replication_slot(%s)", (self.settings.slot,))
                 slot = None
             start_lsn = 0
+            topics_ready = False
             if slot is None:
+                # Topics before the slot: the snapshot (if any) produces to them, and an
+                # exported snapshot must be imported before anything else happens.
+                self._setup_topics(shapes)
+                topics_ready = True
                 created = repl.create_slot(
                     self.settings.slot, export_snapshot=self.settings.snapshot_mode == "initial"
                 )
@@ -315,6 +327,8 @@ class Reader:
                     )
                     if stop.is_set():
                         return
+                if state_store is None:
+                    state_store = ReaderStateStore(self.bootstrap, self.prefix)
                 state_store.save(
                     state_key,
                     {
@@ -328,6 +342,8 @@ class Reader:
                 start_lsn = lsn_to_int(str(slot[0])) if slot[0] else 0
             repl.start(self.settings.slot, self.settings.publication, start_lsn=start_lsn)
             repl.confirm(start_lsn)
+            if not topics_ready:
+                self._setup_topics(shapes)
             self.incremental = IncrementalSnapshot(self, self.conn)
             self._stream(repl, stop)
         finally:
