@@ -147,8 +147,14 @@ def main() -> int:
             f"One transaction of {big_run['rows']:,} rows: reader peak RSS "
             f"**{big_run['reader_peak_rss_mb']:.0f} MB** (median {rss[0]:.0f} MB for "
             f"{rows:,} rows), {big_run['reader_rows_per_s']:,.0f} rows/s, "
-            f"{big_run['reader_cpu_s'] / big_run['rows'] * 1e6:.1f} µs CPU per row, "
-            f"ratio {big_run['ratio']:.2f}.",
+            f"{big_run['reader_cpu_s'] / big_run['rows'] * 1e6:.1f} µs CPU per row"
+            + (
+                f" ({big_run['reader_main_thread_cpu_s'] / big_run['rows'] * 1e6:.1f} µs in "
+                "the Python thread: start-up counts little here)"
+                if "reader_main_thread_cpu_s" in big_run
+                else ""
+            )
+            + f", ratio {big_run['ratio']:.2f}.",
             "",
         ]
     wall_us = statistics.median(x["reader_s"] / x["rows"] * 1e6 for x in r["rounds"])
@@ -166,7 +172,8 @@ def main() -> int:
         "events and librdkafka's threads: the reader's wall time is at least its CPU time",
         "plus the walsender's decoding phase, and other work on the machine lengthens it",
         "(the load and broker rows: the broker, noida-db, also serves Elasticsearch, and",
-        "CPU it uses while pg_recvlogical runs is other work's).",
+        "CPU it uses while pg_recvlogical runs is other work's). Under such load even the",
+        "CPU time of the same work varies (see the CPU rows' min and max).",
     ]
     if load is not None and (load[2] > cores or ratio[2] > 1.3 * ratio[1]):
         lines += [
