@@ -21,6 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.assembler import cli as assembler_cli
     from pipeline.demo import cli as demo_cli
     from pipeline.reader import cli as reader_cli
     from pipeline.stack import cli as stack_cli
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack_cli.register(sub)
     demo_cli.register(sub)
     reader_cli.register(sub)
+    assembler_cli.register(sub)
     return parser
 
 

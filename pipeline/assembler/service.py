@@ -1,0 +1,487 @@
+"""``catalog-cdc assembler``: raw change topics in, document topics out.
+
+Inputs
+    * the product-owned raw topics (``products``, ``product_variants``,
+      ``product_images``, ``technical_data``, ``product_categories``), through the
+      consumer group ``settings.group`` (range assignment: partition *n* of every one of
+      them goes to the same instance, and they are co-partitioned by product id);
+    * the global raw topics (``stores``, ``brands``, ``categories``) and the counts topic
+      ``{prefix}._assembler.counts``, read in full by every instance (assigned, no group).
+
+Outputs
+    ``{prefix}.doc.products`` and ``{prefix}.doc.categories`` (compacted, key = id, see
+    :mod:`pipeline.assembler.codec`), ``{prefix}._assembler.counts`` (compacted, the
+    product count of each category per partition, which lets the owner of a category
+    sum the counts of every partition), ``{prefix}.dlq.assembler`` (a document that
+    fails validation, with the error and its rows).
+
+Guarantee (at-least-once, converging): a batch is applied to the SQLite state in one
+transaction that also records the input offsets; that transaction commits only after
+every message the batch produced has been acknowledged by Kafka (idempotent producer,
+``acks=all``), and the group offsets are committed after it.  Input positions come from
+the state file (the group's committed offsets are kept in step for lag tools), so a
+``kill -9`` at any moment re-reads exactly the batch that was not durable, and produces
+its documents again (same content, same versions).  A partition taken over from
+another instance resumes from this instance's own state for it (re-reading from the
+beginning if it never had it); documents of partitions the instance does not own are
+never emitted.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from pipeline.assembler.assemble import Batch, KeyedCount, Output
+from pipeline.assembler.codec import DocumentCodec, doc_key, doc_topic, headers_of
+from pipeline.assembler.settings import AssemblerSettings
+from pipeline.assembler.state import GLOBAL_TABLES, OWNED_TABLES, AssemblerState
+from pipeline.codec import EventCodec, KafkaSchemaStore, make_codec
+from pipeline.errors import CatalogCdcError
+from pipeline.events import ChangeEvent
+from pipeline.kafka import TopicSpec, consumer_config, ensure_topics, partition_for, producer_config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Assembler", "AssemblerError"]
+
+COMPACT = {"cleanup.policy": "compact"}
+
+
+class AssemblerError(CatalogCdcError):
+    """The assembler cannot go on (the message says what and what to do)."""
+
+
+@dataclass
+class _Input:
+    """One consumed message, decoded."""
+
+    lsn: int
+    seq: int
+    table: str
+    part: int
+    event: ChangeEvent | KeyedCount
+
+
+class Assembler:
+    """The assembler service; :meth:`run` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic_prefix: str,
+        settings: AssemblerSettings,
+        schema_registry_url: str | None = None,
+        schema: str = "public",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = topic_prefix
+        self.settings = settings
+        self.registry_url = schema_registry_url
+        self.schema = schema
+        self.state_path = settings.state_path_for(topic_prefix)
+        self.owned: set[int] = set()
+        self.partitions = 0
+        self.stats = {"batches": 0, "events": 0, "products": 0, "categories": 0, "tombstones": 0}
+        self._assigned: list[TopicPartition] = []
+        self._positions: dict[tuple[str, int], int] = {}
+        self._delivery_errors: list[str] = []
+        self._recheck = False
+        self.caught_up = threading.Event()
+        """Set once every input was read to its end and nothing was pending."""
+
+    # -- topics ---------------------------------------------------------------------------
+
+    def raw_topic(self, table: str) -> str:
+        return f"{self.prefix}.{self.schema}.{table}"
+
+    @property
+    def counts_topic(self) -> str:
+        return f"{self.prefix}._assembler.counts"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.prefix}.dlq.assembler"
+
+    def _table_of(self, topic: str) -> str:
+        if topic == self.counts_topic:
+            return "_counts"
+        return topic.rsplit(".", 1)[1]
+
+    def _wait_for_raw_topics(self, stop: threading.Event) -> dict[str, int]:
+        """Partition count of every raw topic, waiting (and saying so) until they exist."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        wanted = [self.raw_topic(t) for t in (*GLOBAL_TABLES, *OWNED_TABLES)]
+        said = 0.0
+        while not stop.is_set():
+            try:
+                topics = admin.list_topics(timeout=10).topics
+            except Exception as exc:  # noqa: BLE001 - a broker not up yet: wait, say so
+                topics = {}
+                log.warning("event=kafka_unavailable bootstrap=%s error=%s", self.bootstrap, exc)
+            missing = [t for t in wanted if t not in topics or not topics[t].partitions]
+            if not missing:
+                return {t: len(topics[t].partitions) for t in wanted}
+            if time.monotonic() - said > 10:
+                log.info(
+                    "event=waiting_for_raw_topics missing=%s hint=%s",
+                    ",".join(missing),
+                    "start `catalog-cdc reader` (it creates them)",
+                )
+                said = time.monotonic()
+            stop.wait(1.0)
+        return {}
+
+    # -- run ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, rebuild: bool = False) -> None:
+        """Consume and assemble until ``stop`` is set; ``rebuild`` starts from scratch."""
+        if rebuild:
+            self.wipe_state()
+        counts = self._wait_for_raw_topics(stop)
+        if stop.is_set():
+            return
+        owned_counts = {counts[self.raw_topic(t)] for t in OWNED_TABLES}
+        if len(owned_counts) != 1:
+            raise AssemblerError(
+                "the product-owned raw topics have different partition counts "
+                f"({ {t: counts[self.raw_topic(t)] for t in OWNED_TABLES} }): they must be "
+                "co-partitioned by product id; recreate them with the same count"
+            )
+        self.partitions = owned_counts.pop()
+        ensure_topics(
+            self.bootstrap,
+            [
+                TopicSpec(doc_topic(self.prefix, "product"), self.settings.doc_partitions, COMPACT),
+                TopicSpec(
+                    doc_topic(self.prefix, "category"), self.settings.doc_partitions, COMPACT
+                ),
+                TopicSpec(self.counts_topic, self.settings.doc_partitions, COMPACT),
+                TopicSpec(self.dlq_topic, 1),
+            ],
+        )
+        self.doc_partitions = {
+            kind: n
+            for kind, n in zip(
+                ("product", "category"),
+                self._partition_counts(
+                    [doc_topic(self.prefix, k) for k in ("product", "category")]
+                ),
+                strict=True,
+            )
+        }
+        self.counts_partitions = self._partition_counts([self.counts_topic])[0]
+        state = AssemblerState(self.state_path)
+        known = state.meta("partitions")
+        if known is not None and int(known) != self.partitions:
+            state.close()
+            raise AssemblerError(
+                f"the state {self.state_path} was built for {known} partitions of the raw "
+                f"topics, which now have {self.partitions}: run `catalog-cdc assembler --rebuild`"
+            )
+        with state.transaction():
+            state.set_meta("partitions", str(self.partitions))
+            state.set_meta("topic_prefix", self.prefix)
+        self.state = state
+        self._positions = state.offsets()
+        self.codec: EventCodec = make_codec(
+            topic_prefix=self.prefix,
+            schema_registry_url=self.registry_url,
+            kafka_bootstrap=self.bootstrap,
+        )
+        self.doc_codec = self._doc_codec()
+        self.producer = Producer(producer_config(self.bootstrap))
+        self.group = Consumer(
+            consumer_config(
+                self.bootstrap,
+                self.settings.group_for(self.prefix),
+                **{"partition.assignment.strategy": "range", "session.timeout.ms": 10000},
+            )
+        )
+        self.globals = Consumer(consumer_config(self.bootstrap, f"{self.prefix}-assembler-global"))
+        try:
+            self._assign_globals()
+            self.group.subscribe(
+                [self.raw_topic(t) for t in OWNED_TABLES],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+            log.info(
+                "event=assembler_started prefix=%s group=%s state=%s partitions=%d rebuild=%s",
+                self.prefix,
+                self.settings.group_for(self.prefix),
+                self.state_path,
+                self.partitions,
+                rebuild,
+            )
+            self._loop(stop)
+        finally:
+            self.group.close()
+            self.globals.close()
+            self.producer.flush(30)
+            state.close()
+            log.info(
+                "event=assembler_stopped %s", " ".join(f"{k}={v}" for k, v in self.stats.items())
+            )
+
+    def wipe_state(self) -> None:
+        """Delete the state file (and its WAL files): the next run reads from the beginning."""
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(str(self.state_path) + suffix)
+            if path.exists():
+                path.unlink()
+        log.info("event=state_wiped path=%s", self.state_path)
+
+    def _partition_counts(self, topics: list[str]) -> list[int]:
+        meta = self.producer_meta(topics)
+        return [len(meta[t].partitions) for t in topics]
+
+    def producer_meta(self, topics: list[str]) -> dict[str, Any]:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        return {t: admin.list_topics(t, timeout=10).topics[t] for t in topics}
+
+    def _doc_codec(self) -> DocumentCodec:
+        if self.registry_url:
+            from pipeline.codec.registry import ConfluentRegistryCodec
+
+            return DocumentCodec(
+                registry=ConfluentRegistryCodec.from_url(self.registry_url, self.prefix),
+                topic_prefix=self.prefix,
+            )
+        return DocumentCodec(
+            store=KafkaSchemaStore(self.bootstrap, self.prefix), topic_prefix=self.prefix
+        )
+
+    # -- assignment -----------------------------------------------------------------------
+
+    def _assign_globals(self) -> None:
+        topics = [self.raw_topic(t) for t in GLOBAL_TABLES] + [self.counts_topic]
+        meta = self.producer_meta(topics)
+        tps = []
+        for topic in topics:
+            for p in sorted(meta[topic].partitions):
+                tps.append(
+                    TopicPartition(topic, p, self._positions.get((topic, p), OFFSET_BEGINNING))
+                )
+        self.globals.assign(tps)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            tp.offset = self._positions.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        self._assigned = list(partitions)
+        by_topic: dict[str, set[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(tp.topic, set()).add(tp.partition)
+        sets = [by_topic.get(self.raw_topic(t), set()) for t in OWNED_TABLES]
+        owned = set.intersection(*sets) if sets else set()
+        if any(s != owned for s in sets):
+            log.warning(
+                "event=uneven_assignment detail=%s hint=%s",
+                {t: sorted(by_topic.get(self.raw_topic(t), set())) for t in OWNED_TABLES},
+                "every member must use partition.assignment.strategy=range",
+            )
+        self.owned = owned
+        self._recheck = True
+        self.caught_up.clear()
+        log.info("event=partitions_assigned owned=%s", sorted(owned))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Batches are processed to the end (state durable, offsets committed) before the
+        # next poll, and callbacks run inside poll: nothing of ours is in flight here.
+        self.owned = set()
+        self._assigned = []
+        consumer.unassign()
+        log.info("event=partitions_revoked count=%d", len(partitions))
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _loop(self, stop: threading.Event) -> None:
+        idle_since = time.monotonic()
+        last_report = time.monotonic()
+        while not stop.is_set():
+            msgs = self.group.consume(self.settings.batch_size, self.settings.poll_timeout)
+            msgs += self.globals.consume(self.settings.batch_size, 0.01 if msgs else 0.05)
+            if self._delivery_errors:
+                raise AssemblerError(f"Kafka refused documents: {self._delivery_errors[:3]}")
+            inputs = self._decode(msgs)
+            if inputs or msgs or (self._recheck and self.owned):
+                self.caught_up.clear()
+                self._process(inputs, msgs)
+                idle_since = time.monotonic()
+            elif self._owned_caught_up() and time.monotonic() - idle_since > 0.5:
+                self.caught_up.set()
+            if time.monotonic() - last_report > 10:
+                log.info(
+                    "event=assembler_progress owned=%s %s",
+                    sorted(self.owned),
+                    " ".join(f"{k}={v}" for k, v in self.stats.items()),
+                )
+                last_report = time.monotonic()
+
+    def _owned_caught_up(self) -> bool:
+        if not self._assigned:
+            return False
+        for tp in self._assigned:
+            _low, high = self.group.get_watermark_offsets(tp, cached=False, timeout=5)
+            if self._positions.get((tp.topic, tp.partition), 0) < high:
+                return False
+        return True
+
+    def _decode(self, msgs: list[Message]) -> list[_Input]:
+        """Decode and merge: per topic-partition in offset order, across them by LSN."""
+        streams: dict[tuple[str, int], list[_Input]] = {}
+        seq = 0
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise AssemblerError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
+            topic, part, value = msg.topic() or "", msg.partition() or 0, msg.value()
+            seq += 1
+            if value is None:
+                continue  # the tombstone after a delete: the delete event did the work
+            table = self._table_of(topic)
+            item: ChangeEvent | KeyedCount
+            try:
+                if table == "_counts":
+                    item = KeyedCount.from_json(value)
+                    lsn = item.lsn
+                else:
+                    decoded = self.codec.decode(msg.key() or None, value)
+                    if decoded is None:
+                        continue
+                    item, lsn = decoded, decoded.source.lsn
+            except CatalogCdcError as exc:
+                raise AssemblerError(
+                    f"cannot decode {topic}[{part}] offset {msg.offset()}: {exc}; the assembler "
+                    "stops rather than skip it (its offset is not committed)"
+                ) from exc
+            streams.setdefault((topic, part), []).append(_Input(lsn, seq, table, part, item))
+        return list(heapq.merge(*streams.values(), key=lambda i: (i.lsn, i.seq)))
+
+    def _process(self, inputs: list[_Input], msgs: list[Message]) -> None:
+        state = self.state
+        with state.transaction():
+            batch = Batch(state, self.owned, self.partitions)
+            if self._recheck and self.owned:
+                batch.recheck_categories()
+                self._recheck = False
+            for item in inputs:
+                if isinstance(item.event, KeyedCount):
+                    batch.apply_count(item.event)
+                else:
+                    batch.apply(item.table, item.part, item.event)
+            out = batch.finish()
+            self._write(out)
+            positions: dict[tuple[str, int], int] = {}
+            for msg in msgs:
+                if msg.error() is None:
+                    key = (msg.topic() or "", msg.partition() or 0)
+                    positions[key] = max(positions.get(key, 0), (msg.offset() or 0) + 1)
+            state.set_offsets(positions)
+            # Everything produced must be acknowledged before the state (and the
+            # offsets in it) becomes durable.
+            self._flush()
+        self._positions.update(positions)
+        commits = [
+            TopicPartition(t, p, n)
+            for (t, p), n in positions.items()
+            if self._table_of(t) in OWNED_TABLES
+        ]
+        if commits:
+            try:
+                self.group.commit(offsets=commits, asynchronous=False)
+            except Exception as exc:  # noqa: BLE001 - the state file holds the positions
+                log.warning("event=group_commit_failed error=%s", exc)
+        self.stats["batches"] += 1
+        self.stats["events"] += len(inputs)
+        for kind, doc_id, reason in out.deferred[:5]:
+            log.info("event=document_deferred kind=%s id=%s reason=%s", kind, doc_id, reason)
+
+    def _write(self, out: Output) -> None:
+        for e in out.emissions:
+            topic = doc_topic(self.prefix, e.kind)
+            value = None if e.doc is None else self.doc_codec.encode(e.doc)
+            self._produce(
+                topic,
+                doc_key(e.id),
+                value,
+                partition_for(e.id, self.doc_partitions[e.kind]),
+                headers_of(e.kind, e.version, e.source_ts_ms),
+            )
+            if e.doc is None:
+                self.stats["tombstones"] += 1
+            else:
+                self.stats["products" if e.kind == "product" else "categories"] += 1
+        for c in out.counts:
+            key = f"{c.category_id}:{c.part}"
+            self._produce(
+                self.counts_topic,
+                key.encode(),
+                c.to_json(),
+                partition_for(key, self.counts_partitions),
+            )
+        for d in out.dead_letters:
+            log.error("event=document_invalid kind=%s id=%s error=%s", d.kind, d.id, d.error)
+            body = json.dumps(
+                {"kind": d.kind, "id": d.id, "error": d.error, "rows": d.rows}, default=str
+            )
+            self._produce(self.dlq_topic, doc_key(d.id), body.encode(), 0)
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        partition: int,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    partition=partition,
+                    headers=headers,
+                    on_delivery=self._delivered,
+                )
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._delivery_errors.append(str(err))
+
+    def _flush(self) -> None:
+        while self.producer.flush(5.0) > 0:
+            log.warning("event=producer_flush_waiting in_queue=%d", len(self.producer))
+        if self._delivery_errors:
+            raise AssemblerError(
+                f"Kafka refused {len(self._delivery_errors)} document messages "
+                f"(first: {self._delivery_errors[0]}); nothing of this batch is committed"
+            )

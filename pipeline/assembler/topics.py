@@ -1,0 +1,96 @@
+"""Reading the document topics back: the latest message per key, to the end.
+
+Used by ``catalog-cdc documents``, by ``verify``-style checks and by the tests.  Reads
+every partition from the beginning without a consumer group (nothing is committed).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from pipeline.assembler.codec import DocumentCodec, DocumentMessage, doc_topic
+from pipeline.codec import KafkaSchemaStore
+from pipeline.errors import CatalogCdcError
+from pipeline.kafka import consumer_config
+
+__all__ = ["DocumentTopicError", "document_codec", "iter_documents", "latest_documents"]
+
+
+class DocumentTopicError(CatalogCdcError):
+    """A document topic cannot be read."""
+
+
+def document_codec(
+    bootstrap: str, prefix: str, schema_registry_url: str | None = None
+) -> DocumentCodec:
+    if schema_registry_url:
+        from pipeline.codec.registry import ConfluentRegistryCodec
+
+        return DocumentCodec(
+            registry=ConfluentRegistryCodec.from_url(schema_registry_url, prefix),
+            topic_prefix=prefix,
+        )
+    return DocumentCodec(store=KafkaSchemaStore(bootstrap, prefix), topic_prefix=prefix)
+
+
+def iter_documents(
+    bootstrap: str,
+    prefix: str,
+    kind: str,
+    *,
+    schema_registry_url: str | None = None,
+    codec: DocumentCodec | None = None,
+) -> Iterator[DocumentMessage]:
+    """Every message of the ``kind`` document topic, partition by partition, to its end."""
+    topic = doc_topic(prefix, kind)
+    codec = codec or document_codec(bootstrap, prefix, schema_registry_url)
+    consumer = Consumer(consumer_config(bootstrap, f"catalog-cdc-documents-{uuid.uuid4().hex[:8]}"))
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise DocumentTopicError(
+                f"topic {topic!r} does not exist (is `catalog-cdc assembler` running?)"
+            )
+        for p in sorted(meta.partitions):
+            tp = TopicPartition(topic, p)
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)])
+            pos = low
+            while True:
+                # Read to the high watermark, then on while messages keep coming (a
+                # broker may report the last batch's start as its watermark).
+                msg = consumer.poll(5.0 if pos < high else 0.5)
+                if msg is None:
+                    if pos < high:
+                        raise DocumentTopicError(f"timed out reading {topic}[{p}] at {pos}/{high}")
+                    break
+                if msg.error():
+                    raise DocumentTopicError(f"reading {topic}[{p}]: {msg.error()}")
+                pos = (msg.offset() or 0) + 1
+                yield codec.decode_message(
+                    kind, msg.key(), msg.value(), msg.headers(), p, msg.offset() or 0
+                )
+    finally:
+        consumer.close()
+
+
+def latest_documents(
+    bootstrap: str,
+    prefix: str,
+    kind: str,
+    *,
+    schema_registry_url: str | None = None,
+    codec: DocumentCodec | None = None,
+) -> dict[int, DocumentMessage]:
+    """The last message of every key (what compaction keeps); tombstones included."""
+    latest: dict[int, DocumentMessage] = {}
+    for m in iter_documents(
+        bootstrap, prefix, kind, schema_registry_url=schema_registry_url, codec=codec
+    ):
+        latest[m.id] = m
+    return latest
