@@ -31,14 +31,16 @@ document.
 Versions
 ========
 
-A document's ``version`` is the LSN of the newest change it reflects: every touch
-raises the document's *pending* LSN to the change's LSN, and an emission takes
-``max(pending, last emitted version + 1)``.  Per key, versions therefore strictly
-increase; the ``+ 1`` only happens when a change from another topic arrives after a
-newer one was already emitted (cross-topic order is not global), and is far below the
-next real LSN (every WAL record is longer than one byte).  Events are applied in LSN
-order within a batch, so a rebuild gives the same versions as the incremental run
-except after such a late arrival.
+A document's ``version`` is the LSN of the newest change it reflects: the highest
+"relevant LSN" of the rows it is built from (a row's LSN moves only when a column some
+document shows changes; the graves of removed child rows count, and for the categories
+in a product's paths only their name, url key and parent).  That is a function of the
+rows alone, so a rebuild gives the versions of the incremental run.  A document is
+emitted when its content changed or that LSN rose, with ``max(LSN, last version + 1)``:
+per key, versions strictly increase.  The ``+ 1`` only happens when a change from
+another topic arrives after a newer one was emitted (cross-topic order is not global);
+it stays far below the next real LSN (every WAL record is longer than one byte), and
+it is the one case where a rebuild can give a lower version than the incremental run.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ from pipeline.assembler.state import (
     serialize_row,
 )
 from pipeline.codec.avro_schema import _json_loads
-from pipeline.events import ChangeEvent
+from pipeline.events import UNCHANGED_TOAST, ChangeEvent
 from pipeline.kafka import partition_for
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,46 @@ class Output:
     deferred: list[tuple[str, int, str]] = field(default_factory=list)
 
 
+RELEVANT: dict[str, tuple[str, ...]] = {
+    "stores": ("code",),
+    "brands": ("name",),
+    "categories": (
+        "store_id", "parent_id", "name", "url_key", "position", "active", "updated_at",
+    ),
+    "products": (
+        "store_id", "reference", "name", "description", "price", "list_price", "active",
+        "url_key", "weight", "ean13", "brand_id", "tags", "updated_at", "deleted_at",
+    ),
+    "product_variants": ("product_id", "sku", "price", "quantity", "attributes"),
+    "product_categories": ("position",),
+    "product_images": ("product_id", "file_name", "url", "position"),
+    "technical_data": (
+        "product_id", "group_name", "description", "value", "suffix", "print_order",
+    ),
+}  # fmt: skip
+"""The columns of each table that some document shows (the others touch nothing)."""
+
+
+PATH_COLUMNS: tuple[str, ...] = ("name", "parent_id")
+"""The columns of a category its descendants' paths are made of."""
+
+
+def _relevant_change(
+    table: str,
+    old: dict[str, Any] | None,
+    new: dict[str, Any] | None,
+    columns: tuple[str, ...] | None = None,
+) -> bool:
+    if (old is None) != (new is None):
+        return True
+    if old is None or new is None:
+        return False
+    columns = columns or RELEVANT.get(table)
+    if columns is None:
+        return True
+    return any(old.get(c) != new.get(c) for c in columns)
+
+
 def _bump(touched: dict[Any, tuple[int, int]], key: Any, lsn: int, ts: int) -> None:
     old = touched.get(key)
     if old is None or lsn > old[0]:
@@ -168,6 +210,9 @@ class Batch:
         self.counts: dict[tuple[int, int], tuple[int, int]] = {}
         self.applied = 0
         self.stale = 0
+        self._contrib = (0, 0)
+        self.global_lsn = 0
+        """The highest LSN of a global-table change this batch applied."""
 
     # -- applying ------------------------------------------------------------------------
 
@@ -191,9 +236,25 @@ class Batch:
             return
         old = stored[1] if stored is not None else None
         new_row = event.after if event.op != "d" else None
+        if old is None and new_row is None:
+            # A delete of a row never seen (history before the topics' retention): keep
+            # a grave, so the row cannot be resurrected by a replay.
+            old_image = {**(event.key or {}), **(event.before or {})}
+            if table in OWNED_TABLES and "product_id" not in old_image and table != "products":
+                raise StateError(
+                    f"{table} key {key}: a delete of a row the assembler never saw, without "
+                    "its product_id (REPLICA IDENTITY FULL is missing?): cannot tell which "
+                    "product it belonged to; run `catalog-cdc resnapshot` then "
+                    "`catalog-cdc assembler --rebuild`"
+                )
+            old = {c: v for c, v in old_image.items() if v is not UNCHANGED_TOAST}
         data = None if new_row is None else serialize_row(table, key, new_row, old)
         new = None if data is None else json.loads(data)
         self.applied += 1
+        # When nothing a document shows changed (a column no document holds, or an
+        # UPDATE that set the same values) the row is stored but touches nothing, so a
+        # version stays the LSN of the newest change a document reflects.
+        relevant = _relevant_change(table, old, new)
         if table in OWNED_TABLES:
             source = new or old or {}
             pid = int(source["id"] if table == "products" else source["product_id"])
@@ -202,13 +263,30 @@ class Batch:
                 extra["ref"] = None if new is None else new.get("brand_id")
                 extra["store_id"] = None if new is None else new.get("store_id")
                 extra["live"] = new is not None and new.get("deleted_at") is None
+                was_live = old is not None and old.get("deleted_at") is None
+                if not extra["live"] and (was_live or stored is None):
+                    extra["url_key"] = (lsn, ts)  # klsn of a product: when it went away
             elif table == "product_categories":
                 extra["ref"] = int(source["category_id"])
-            self.state.put(table, key, lsn, data, **extra)
-            self._owned_effects(table, part, pid, old, new, lsn, ts)
+            self.state.put(table, key, lsn, data, relevant=(lsn, ts) if relevant else None, **extra)
+            if relevant:
+                self._owned_effects(table, part, pid, old, new, lsn, ts)
         elif table in GLOBAL_TABLES:
-            self.state.put(table, key, lsn, data)
-            self._global_effects(table, int(key), old, new, lsn, ts)
+            self.global_lsn = max(self.global_lsn, lsn)
+            is_cat = table == "categories"
+            path = is_cat and _relevant_change(table, old, new, PATH_COLUMNS)
+            url_key = is_cat and _relevant_change(table, old, new, ("url_key",))
+            self.state.put(
+                table,
+                key,
+                lsn,
+                data,
+                relevant=(lsn, ts) if relevant else None,
+                path=(lsn, ts) if path else None,
+                url_key=(lsn, ts) if url_key else None,
+            )
+            if relevant:
+                self._global_effects(table, int(key), old, new, lsn, ts)
         # Other tables (cms_pages, the signal table) are not part of any document.
 
     def apply_count(self, count: KeyedCount) -> None:
@@ -272,7 +350,9 @@ class Batch:
         elif table == "categories":
             _bump(self.categories, row_id, lsn, ts)
             affected: set[int] = set()
-            if changed("name", "parent_id"):
+            if changed(*PATH_COLUMNS):
+                # Their paths come from this row: every descendant, and every product
+                # in any of them.
                 affected = self._descendants(row_id) | {row_id}
                 for cid in affected:
                     _bump(self.categories, cid, lsn, ts)
@@ -298,11 +378,11 @@ class Batch:
 
     def _truncate(self, table: str, part: int, lsn: int, ts: int) -> None:
         if table in GLOBAL_TABLES:
-            gone = self.state.truncate(table, None, lsn)
+            gone = self.state.truncate(table, None, lsn, ts)
             for row in gone:
                 self._global_effects(table, int(row["id"]), row, None, lsn, ts)
         elif table in OWNED_TABLES:
-            gone = self.state.truncate(table, part, lsn)
+            gone = self.state.truncate(table, part, lsn, ts)
             for row in gone:
                 pid = int(row["id"] if table == "products" else row["product_id"])
                 self._owned_effects(table, part, pid, row, None, lsn, ts)
@@ -312,9 +392,15 @@ class Batch:
 
     # -- building -----------------------------------------------------------------------
 
-    def finish(self) -> Output:
-        """Build every touched document once; return what to emit and publish."""
+    def finish(self, emit: bool = True) -> Output:
+        """Build every touched document once; return what to emit and publish.
+
+        With ``emit=False`` (catching up after a rebuild) nothing is built: the state
+        only takes the rows, and :meth:`touch_all` emits everything at the end.
+        """
         out = Output()
+        if not emit:
+            return out
         paths: dict[int, tuple[str, ...] | None] = {}
         for (cid, part), (lsn, ts) in sorted(self.counts.items()):
             out.counts.append(KeyedCount(cid, part, self.state.local_count(cid, part), lsn, ts))
@@ -323,11 +409,47 @@ class Batch:
         for cid, (lsn, ts) in sorted(self.categories.items()):
             if self.owns_category(cid):
                 self._emit(out, "category", cid, lsn, ts, lambda i: self._category(i, paths))
-            else:
-                # Another instance emits it; keep the pending LSN, so that this one gives
-                # the same version if the category's partition comes to it later.
-                self._note_pending("category", cid, lsn, ts)
         return out
+
+    def touch_all(
+        self, products: Iterable[int], counts: Iterable[tuple[int, int]], categories: bool
+    ) -> None:
+        """Touch ``products``, ``counts`` and (with ``categories``) every category."""
+        for pid in products:
+            _bump(self.products, pid, 0, 0)
+        for key in counts:
+            _bump(self.counts, key, 0, 0)
+        if categories:
+            for cid in self.state.globals["categories"]:
+                _bump(self.categories, cid, 0, 0)
+
+    def recheck_partitions(self, since: dict[int, int]) -> None:
+        """Fan out, to the products of partitions that were not owned, the global
+        changes made since (``since``: partition -> global LSN already fanned out).
+
+        A brand renamed or a category moved while another instance (or nobody) owned a
+        partition is then reflected in its products once this instance owns it.
+        """
+        lsns = self.state.global_lsns
+        for part, seen in since.items():
+            if part not in self.owned:
+                continue
+            brands = [b for b, (lsn, _) in lsns["brands"].items() if lsn > seen]
+            stores = [i for i, (lsn, _) in lsns["stores"].items() if lsn > seen]
+            affected: set[int] = set()
+            for cid, (lsn, _) in self.state.category_plsns.items():
+                if lsn > seen:
+                    affected |= self._descendants(cid) | {cid}
+            for cid, (lsn, _) in self.state.category_klsns.items():
+                if lsn > seen:
+                    affected.add(cid)
+            pids = (
+                self.state.products_where("ref", brands, [part])
+                | self.state.products_where("store_id", stores, [part])
+                | self.state.products_in_categories(affected, [part])
+            )
+            for pid in pids:
+                _bump(self.products, pid, 0, 0)
 
     def recheck_categories(self) -> None:
         """Touch every category this instance owns (after an assignment changed).
@@ -340,38 +462,30 @@ class Batch:
             if self.owns_category(cid):
                 _bump(self.categories, cid, 0, 0)
 
-    def _note_pending(self, kind: str, doc_id: int, lsn: int, ts: int) -> None:
-        known = self.state.doc(kind, doc_id)
-        pending, _ts, version, last_hash = known if known else (0, 0, 0, None)
-        if lsn > pending:
-            self.state.set_doc(kind, doc_id, lsn, ts, version, last_hash)
-
     def _emit(self, out: Output, kind: str, doc_id: int, lsn: int, ts: int, build: Any) -> None:
         known = self.state.doc(kind, doc_id)
-        pending, pending_ts, version, last_hash = known if known else (0, 0, 0, None)
-        if lsn > pending:
-            pending, pending_ts = lsn, ts
+        version, last_hash = known if known else (0, None)
+        self._contrib = (0, 0)
         try:
             doc = build(doc_id)
         except _Deferred as exc:
-            # Not buildable yet (a row from another topic has not arrived): keep the
-            # pending LSN; the arriving row touches the document again.
+            # Not buildable yet (a row from another topic has not arrived): the arriving
+            # row touches the document again.
             out.deferred.append((kind, doc_id, str(exc)))
-            self.state.set_doc(kind, doc_id, pending, pending_ts, version, last_hash)
             return
         except ValidationError as exc:
             out.dead_letters.append(DeadLetter(kind, doc_id, str(exc), self._rows_of(kind, doc_id)))
-            self.state.set_doc(kind, doc_id, pending, pending_ts, version, "!invalid")
+            self.state.set_doc(kind, doc_id, version, "!invalid")
             return
         digest = TOMBSTONE if doc is None else hashlib.sha1(to_json(doc).encode()).hexdigest()
-        if digest == last_hash:
-            self.state.set_doc(kind, doc_id, pending, pending_ts, version, last_hash)
-            return
-        new_version = max(pending, version + 1)
+        newest, newest_ts = self._contrib
+        if digest == last_hash and newest <= version:
+            return  # nothing new
+        new_version = max(newest, version + 1)
         if doc is not None:
-            doc = doc.model_copy(update={"version": new_version, "source_ts_ms": pending_ts})
-        out.emissions.append(Emission(kind, doc_id, doc, new_version, pending_ts))
-        self.state.set_doc(kind, doc_id, pending, pending_ts, new_version, digest)
+            doc = doc.model_copy(update={"version": new_version, "source_ts_ms": newest_ts})
+        out.emissions.append(Emission(kind, doc_id, doc, new_version, newest_ts))
+        self.state.set_doc(kind, doc_id, new_version, digest)
 
     def _rows_of(self, kind: str, doc_id: int) -> dict[str, Any]:
         if kind == "category":
@@ -380,6 +494,27 @@ class Batch:
         for table in OWNED_TABLES[1:]:
             rows[table] = self.state.children(table, doc_id)
         return rows
+
+    def _see(self, lsn: tuple[int, int]) -> None:
+        """Note a row the document being built is made from."""
+        if lsn > self._contrib:
+            self._contrib = lsn
+
+    def _see_category(self, cid: int, whole: bool = False) -> None:
+        """Note a category (``whole``: every column, else its name, parent and url key)
+        and the name and parent of its ancestors (its path is made of them)."""
+        cats = self.state.globals["categories"]
+        if whole:
+            self._see(self.state.global_lsns["categories"].get(cid, (0, 0)))
+        else:
+            self._see(self.state.category_klsns.get(cid, (0, 0)))
+        seen: set[int] = set()
+        current: int | None = cid
+        while current is not None and current not in seen and current in cats:
+            seen.add(current)
+            self._see(self.state.category_plsns.get(current, (0, 0)))
+            parent = cats[current].get("parent_id")
+            current = None if parent is None else int(parent)
 
     def _path(self, cid: int, cache: dict[int, tuple[str, ...] | None]) -> tuple[str, ...] | None:
         """Names from the root down to ``cid``; ``None`` while an ancestor is unknown."""
@@ -408,6 +543,7 @@ class Batch:
         store = self.state.globals["stores"].get(store_id)
         if store is None:
             raise _Deferred(f"{what}: store {store_id} not known yet")
+        self._see(self.state.global_lsns["stores"].get(store_id, (0, 0)))
         return StoreRef(id=store_id, code=store["code"])
 
     def _product(
@@ -415,13 +551,18 @@ class Batch:
     ) -> ProductDocument | None:
         p = self.state.product(pid)
         if p is None or p.get("deleted_at") is not None:
+            # A tombstone's version is the LSN at which the product went away (its
+            # delete or soft delete): what its rows do afterwards does not matter.
+            self._see(self.state.gone_lsn(pid))
             return None
+        self._see(self.state.children_lsn(pid))
         brand = None
         if p.get("brand_id") is not None:
             b = self.state.globals["brands"].get(int(p["brand_id"]))
             if b is None:
                 raise _Deferred(f"product {pid}: brand {p['brand_id']} not known yet")
             brand = BrandRef(id=int(p["brand_id"]), name=b["name"])
+            self._see(self.state.global_lsns["brands"].get(int(p["brand_id"]), (0, 0)))
         links = sorted(
             self.state.children("product_categories", pid),
             key=lambda r: (r["position"], r["category_id"]),
@@ -434,6 +575,7 @@ class Batch:
             path = self._path(cid, paths)
             if cat is None or path is None:
                 raise _Deferred(f"product {pid}: category {cid} (or an ancestor) not known yet")
+            self._see_category(cid)
             categories.append(
                 CategoryRef(
                     id=cid,
@@ -501,7 +643,10 @@ class Batch:
     ) -> CategoryDocument | None:
         cat = self.state.globals["categories"].get(cid)
         if cat is None:
+            self._see(self.state.relevant_lsn("categories", str(cid)))  # its grave
             return None
+        self._see_category(cid, whole=True)
+        self._see(self.state.count_lsn(cid))
         path = self._path(cid, paths)
         if path is None:
             raise _Deferred(f"category {cid}: an ancestor is not known yet")

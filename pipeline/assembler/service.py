@@ -197,11 +197,18 @@ class Assembler:
                 f"the state {self.state_path} was built for {known} partitions of the raw "
                 f"topics, which now have {self.partitions}: run `catalog-cdc assembler --rebuild`"
             )
+        fresh = not state.offsets()
         with state.transaction():
             state.set_meta("partitions", str(self.partitions))
             state.set_meta("topic_prefix", self.prefix)
+            if fresh:
+                state.set_meta("catch_up", "1")
         self.state = state
         self._positions = state.offsets()
+        # A new (or rebuilt) state first catches up with the topics without emitting,
+        # then emits every document once: no replay of intermediate states.
+        self.catching_up = state.meta("catch_up") == "1"
+        self._targets: dict[tuple[str, int], int] = {}
         self.codec: EventCodec = make_codec(
             topic_prefix=self.prefix,
             schema_registry_url=self.registry_url,
@@ -209,12 +216,17 @@ class Assembler:
         )
         self.doc_codec = self._doc_codec()
         self.producer = Producer(producer_config(self.bootstrap))
+        group_config: dict[str, Any] = {
+            "partition.assignment.strategy": "range",
+            "session.timeout.ms": 10000,
+        }
+        instance_id = self.settings.instance_id_for(self.state_path)
+        if instance_id:
+            # Static membership: a restarted instance (same state file) takes its old
+            # place at once, without waiting for a dead member to time out.
+            group_config["group.instance.id"] = instance_id
         self.group = Consumer(
-            consumer_config(
-                self.bootstrap,
-                self.settings.group_for(self.prefix),
-                **{"partition.assignment.strategy": "range", "session.timeout.ms": 10000},
-            )
+            consumer_config(self.bootstrap, self.settings.group_for(self.prefix), **group_config)
         )
         self.globals = Consumer(consumer_config(self.bootstrap, f"{self.prefix}-assembler-global"))
         try:
@@ -281,14 +293,23 @@ class Assembler:
         tps = []
         for topic in topics:
             for p in sorted(meta[topic].partitions):
+                self._target(self.globals, topic, p)
                 tps.append(
                     TopicPartition(topic, p, self._positions.get((topic, p), OFFSET_BEGINNING))
                 )
         self.globals.assign(tps)
 
+    def _target(self, consumer: Consumer, topic: str, part: int) -> None:
+        """While catching up: remember where ``topic[part]`` ends now."""
+        if self.catching_up and (topic, part) not in self._targets:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=10)
+            if high > max(low, self._positions.get((topic, part), 0)):
+                self._targets[(topic, part)] = high
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             tp.offset = self._positions.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+            self._target(consumer, tp.topic, tp.partition)
         consumer.assign(partitions)
         self._assigned = list(partitions)
         by_topic: dict[str, set[int]] = {}
@@ -326,11 +347,18 @@ class Assembler:
             if self._delivery_errors:
                 raise AssemblerError(f"Kafka refused documents: {self._delivery_errors[:3]}")
             inputs = self._decode(msgs)
-            if inputs or msgs or (self._recheck and self.owned):
+            if inputs or msgs or (self._recheck and self.owned and not self.catching_up):
                 self.caught_up.clear()
                 self._process(inputs, msgs)
                 idle_since = time.monotonic()
-            elif self._owned_caught_up() and time.monotonic() - idle_since > 0.5:
+            if self.catching_up and self.owned and self._reached_targets():
+                self._emit_all()
+            elif (
+                not msgs
+                and not self.catching_up
+                and self._owned_caught_up()
+                and time.monotonic() - idle_since > 0.5
+            ):
                 self.caught_up.set()
             if time.monotonic() - last_report > 10:
                 log.info(
@@ -339,6 +367,48 @@ class Assembler:
                     " ".join(f"{k}={v}" for k, v in self.stats.items()),
                 )
                 last_report = time.monotonic()
+
+    def _reached_targets(self) -> bool:
+        return all(self._positions.get(tp, 0) >= end for tp, end in self._targets.items())
+
+    def _emit_all(self) -> None:
+        """End of a catch-up: emit every document of the owned partitions once."""
+        started = time.monotonic()
+        products = self.state.product_ids(self.owned)
+        pairs = self.state.link_pairs(self.owned)
+        log.info(
+            "event=catch_up_reached products=%d owned=%s; emitting every document",
+            len(products),
+            sorted(self.owned),
+        )
+        chunk = max(1, self.settings.batch_size)
+        for i in range(0, max(1, len(products)), chunk):
+            with self.state.transaction():
+                batch = Batch(self.state, self.owned, self.partitions)
+                batch.touch_all(products[i : i + chunk], pairs if i == 0 else (), i == 0)
+                out = batch.finish()
+                self._write(out)
+                self._flush()
+        with self.state.transaction():
+            self.state.set_meta("catch_up", "0")
+            self.catching_up = False
+            self._note_fanout(0)
+        self.catching_up = False
+        self._targets.clear()
+        log.info(
+            "event=catch_up_done products=%d seconds=%.1f %s",
+            len(products),
+            time.monotonic() - started,
+            " ".join(f"{k}={v}" for k, v in self.stats.items()),
+        )
+
+    def _note_fanout(self, batch_lsn: int) -> None:
+        """Record that the owned partitions have every global change up to now."""
+        seen = max(int(self.state.meta("global_lsn") or 0), batch_lsn)
+        self.state.set_meta("global_lsn", str(seen))
+        if not self.catching_up:
+            for p in self.owned:
+                self.state.set_meta(f"fanout:{p}", str(seen))
 
     def _owned_caught_up(self) -> bool:
         if not self._assigned:
@@ -386,16 +456,20 @@ class Assembler:
         state = self.state
         with state.transaction():
             batch = Batch(state, self.owned, self.partitions)
-            if self._recheck and self.owned:
+            if self._recheck and self.owned and not self.catching_up:
                 batch.recheck_categories()
+                batch.recheck_partitions(
+                    {p: int(state.meta(f"fanout:{p}") or 0) for p in self.owned}
+                )
                 self._recheck = False
             for item in inputs:
                 if isinstance(item.event, KeyedCount):
                     batch.apply_count(item.event)
                 else:
                     batch.apply(item.table, item.part, item.event)
-            out = batch.finish()
+            out = batch.finish(emit=not self.catching_up)
             self._write(out)
+            self._note_fanout(batch.global_lsn)
             positions: dict[tuple[str, int], int] = {}
             for msg in msgs:
                 if msg.error() is None:

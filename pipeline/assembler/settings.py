@@ -20,6 +20,17 @@ class AssemblerSettings(BaseSettings):
     group: str | None = Field(
         default=None, description="consumer group (default: <prefix>-assembler)"
     )
+    instance_id: str | None = Field(
+        default=None,
+        description="static group member id (default: host name + state file path)",
+    )
+    static_membership: bool = Field(
+        default=True,
+        description=(
+            "join the group as a static member (group.instance.id): a restarted instance "
+            "takes its partitions back at once, without a rebalance"
+        ),
+    )
     batch_size: int = Field(default=5000, ge=1, description="messages per poll batch")
     poll_timeout: float = Field(default=0.2, gt=0, description="seconds a poll waits")
     doc_partitions: int = Field(default=6, ge=1, description="partitions of new document topics")
@@ -30,6 +41,17 @@ class AssemblerSettings(BaseSettings):
         from pipeline.settings import default_stack_dir
 
         return default_stack_dir() / "assembler" / f"{prefix}.sqlite"
+
+    def instance_id_for(self, state_path: Path) -> str | None:
+        if not self.static_membership:
+            return None
+        if self.instance_id:
+            return self.instance_id
+        import hashlib
+        import socket
+
+        digest = hashlib.sha1(str(state_path.resolve()).encode()).hexdigest()[:12]
+        return f"{socket.gethostname()}-{digest}"
 
     def group_for(self, prefix: str) -> str:
         return self.group or f"{prefix}-assembler"

@@ -15,10 +15,16 @@ Tables
                   the row), ``product_id``/``part`` for product-owned rows, ``ref`` (the
                   category id of a ``product_categories`` link, the brand id of a
                   product), ``store_id`` of a product, ``live`` (a product that exists
-                  and is not soft-deleted).
-``docs``          per emitted document: ``pending`` (LSN of the newest change seen that
-                  touches it) with its commit time, the ``version`` last emitted and the
-                  ``hash`` of the content last emitted (``-`` for a tombstone).
+                  and is not soft-deleted), ``rlsn``/``rts`` (LSN and commit time of the
+                  last change to the row that a document shows: a document's version is
+                  at least the highest ``rlsn`` of the rows it is built from, graves of
+                  removed child rows included, so it does not depend on batching);
+                  ``plsn``/``pts`` the same for the columns of a category that make
+                  paths (name, parent), ``klsn``/``kts`` for its url key; for a
+                  product, ``klsn``/``kts`` is when it went away (deleted or
+                  soft-deleted), the version of its tombstone.
+``docs``          per emitted document: the ``version`` last emitted and the ``hash`` of
+                  the content last emitted (``-`` for a tombstone).
 ``counts``        the per-partition product counts of categories, as read back from the
                   ``{prefix}._assembler.counts`` topic (every instance publishes the
                   counts of the partitions it owns).
@@ -73,6 +79,12 @@ CREATE TABLE IF NOT EXISTS rows (
     ref        INTEGER,
     store_id   INTEGER,
     live       INTEGER NOT NULL DEFAULT 0,
+    rlsn       INTEGER NOT NULL DEFAULT 0,
+    rts        INTEGER NOT NULL DEFAULT 0,
+    plsn       INTEGER NOT NULL DEFAULT 0,
+    pts        INTEGER NOT NULL DEFAULT 0,
+    klsn       INTEGER NOT NULL DEFAULT 0,
+    kts        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tbl, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rows_product ON rows (tbl, product_id);
@@ -82,8 +94,6 @@ CREATE INDEX IF NOT EXISTS rows_store ON rows (tbl, store_id);
 CREATE TABLE IF NOT EXISTS docs (
     kind       TEXT    NOT NULL,
     id         INTEGER NOT NULL,
-    pending    INTEGER NOT NULL DEFAULT 0,
-    pending_ts INTEGER NOT NULL DEFAULT 0,
     version    INTEGER NOT NULL DEFAULT 0,
     hash       TEXT,
     PRIMARY KEY (kind, id)
@@ -144,12 +154,11 @@ class AssemblerState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
-        self.globals: dict[str, dict[int, dict[str, Any]]] = {t: {} for t in GLOBAL_TABLES}
-        for tbl, key, data in self.db.execute(
-            "SELECT tbl, key, data FROM rows WHERE tbl IN ('stores','brands','categories') "
-            "AND data IS NOT NULL"
-        ):
-            self.globals[tbl][int(key)] = json.loads(data)
+        self.globals: dict[str, dict[int, dict[str, Any]]] = {}
+        self.global_lsns: dict[str, dict[int, tuple[int, int]]] = {}
+        self.category_plsns: dict[int, tuple[int, int]] = {}
+        self.category_klsns: dict[int, tuple[int, int]] = {}
+        self._reload_globals()
         self._in_tx = False
 
     def close(self) -> None:
@@ -175,11 +184,18 @@ class AssemblerState:
 
     def _reload_globals(self) -> None:
         self.globals = {t: {} for t in GLOBAL_TABLES}
-        for tbl, key, data in self.db.execute(
-            "SELECT tbl, key, data FROM rows WHERE tbl IN ('stores','brands','categories') "
-            "AND data IS NOT NULL"
+        self.global_lsns = {t: {} for t in GLOBAL_TABLES}
+        self.category_plsns = {}
+        self.category_klsns = {}
+        for tbl, key, data, rlsn, rts, plsn, pts, klsn, kts in self.db.execute(
+            "SELECT tbl, key, data, rlsn, rts, plsn, pts, klsn, kts FROM rows "
+            "WHERE tbl IN ('stores','brands','categories') AND data IS NOT NULL"
         ):
             self.globals[tbl][int(key)] = json.loads(data)
+            self.global_lsns[tbl][int(key)] = (int(rlsn), int(rts))
+            if tbl == "categories":
+                self.category_plsns[int(key)] = (int(plsn), int(pts))
+                self.category_klsns[int(key)] = (int(klsn), int(kts))
 
     # -- meta and offsets ---------------------------------------------------------------
 
@@ -212,6 +228,38 @@ class AssemblerState:
             return None
         return int(found[0]), (None if found[1] is None else json.loads(found[1]))
 
+    def relevant_lsn(self, tbl: str, key: str) -> tuple[int, int]:
+        """``(rlsn, rts)`` of a stored row (``(0, 0)`` if never seen)."""
+        found = self.db.execute(
+            "SELECT rlsn, rts FROM rows WHERE tbl = ? AND key = ?", (tbl, key)
+        ).fetchone()
+        return (0, 0) if found is None else (int(found[0]), int(found[1]))
+
+    def _plsn(self, tbl: str, key: str) -> tuple[int, int, int, int]:
+        found = self.db.execute(
+            "SELECT plsn, pts, klsn, kts FROM rows WHERE tbl = ? AND key = ?", (tbl, key)
+        ).fetchone()
+        if found is None:
+            return (0, 0, 0, 0)
+        return int(found[0]), int(found[1]), int(found[2]), int(found[3])
+
+    def gone_lsn(self, product_id: int) -> tuple[int, int]:
+        """When a product went away (``klsn`` of its row; ``(0, 0)`` if never seen)."""
+        return self._plsn("products", str(product_id))[2:]
+
+    def children_lsn(self, product_id: int) -> tuple[int, int]:
+        """Highest ``(rlsn, rts)`` of a product's row and child rows, graves included."""
+        found = self.db.execute(
+            "SELECT rlsn, rts FROM rows WHERE tbl IN ('product_variants', 'product_images', "
+            "'technical_data', 'product_categories') AND product_id = ? "
+            "ORDER BY rlsn DESC LIMIT 1",
+            (product_id,),
+        ).fetchone()
+        own = self.relevant_lsn("products", str(product_id))
+        if found is None:
+            return own
+        return max(own, (int(found[0]), int(found[1])))
+
     def put(
         self,
         tbl: str,
@@ -219,22 +267,47 @@ class AssemblerState:
         lsn: int,
         data: str | None,
         *,
+        relevant: tuple[int, int] | None = None,
+        path: tuple[int, int] | None = None,
+        url_key: tuple[int, int] | None = None,
         product_id: int | None = None,
         part: int | None = None,
         ref: int | None = None,
         store_id: int | None = None,
         live: bool = False,
     ) -> None:
+        """Store a row; ``relevant`` = ``(lsn, ts)`` of this change when a document shows
+        it (``None``: keep the row's ``rlsn``), ``path`` and ``url_key`` the same for
+        ``plsn`` and ``klsn`` (categories)."""
+        rlsn, rts = relevant if relevant is not None else self.relevant_lsn(tbl, key)
+        plsn, pts, klsn, kts = self._plsn(tbl, key)
+        if path is not None:
+            plsn, pts = path
+        if url_key is not None:
+            klsn, kts = url_key
         self.db.execute(
             "INSERT OR REPLACE INTO rows (tbl, key, lsn, data, product_id, part, ref, store_id, "
-            "live) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (tbl, key, lsn, data, product_id, part, ref, store_id, 1 if live else 0),
-        )
+            "live, rlsn, rts, plsn, pts, klsn, kts) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                tbl, key, lsn, data, product_id, part, ref, store_id, 1 if live else 0,
+                rlsn, rts, plsn, pts, klsn, kts,
+            ),
+        )  # fmt: skip
+        if tbl == "categories":
+            if data is None:
+                self.category_plsns.pop(int(key), None)
+                self.category_klsns.pop(int(key), None)
+            else:
+                self.category_plsns[int(key)] = (plsn, pts)
+                self.category_klsns[int(key)] = (klsn, kts)
         if tbl in self.globals:
             if data is None:
                 self.globals[tbl].pop(int(key), None)
+                self.global_lsns[tbl].pop(int(key), None)
             else:
                 self.globals[tbl][int(key)] = json.loads(data)
+                self.global_lsns[tbl][int(key)] = (rlsn, rts)
 
     def live_rows(self, tbl: str, part: int | None = None) -> list[tuple[str, dict[str, Any]]]:
         """``(key, data)`` of every live row of ``tbl`` (in partition ``part``)."""
@@ -303,6 +376,28 @@ class AssemblerState:
             )
         ]
 
+    def product_ids(self, parts: Iterable[int]) -> list[int]:
+        """Every product of partitions ``parts`` the state knows (deleted ones included)."""
+        parts = list(parts)
+        if not parts:
+            return []
+        sql = (
+            "SELECT product_id FROM rows WHERE tbl = 'products' "
+            f"AND part IN ({','.join('?' * len(parts))}) ORDER BY product_id"
+        )
+        return [int(r[0]) for r in self.db.execute(sql, parts)]
+
+    def link_pairs(self, parts: Iterable[int]) -> list[tuple[int, int]]:
+        """Every (category id, partition) some link of ``parts`` ever had."""
+        parts = list(parts)
+        if not parts:
+            return []
+        sql = (
+            "SELECT DISTINCT ref, part FROM rows WHERE tbl = 'product_categories' "
+            f"AND part IN ({','.join('?' * len(parts))}) ORDER BY ref, part"
+        )
+        return [(int(r[0]), int(r[1])) for r in self.db.execute(sql, parts)]
+
     def local_count(self, category_id: int, part: int) -> int:
         """Live products linked to ``category_id`` among the rows of partition ``part``."""
         row = self.db.execute(
@@ -314,22 +409,27 @@ class AssemblerState:
         ).fetchone()
         return int(row[0])
 
-    def truncate(self, tbl: str, part: int | None, lsn: int) -> list[dict[str, Any]]:
+    def truncate(self, tbl: str, part: int | None, lsn: int, ts: int) -> list[dict[str, Any]]:
         """Make every live row of ``tbl`` (in ``part``) a grave; return their old data."""
         rows = self.live_rows(tbl, part)
         if part is None:
             self.db.execute(
-                "UPDATE rows SET data = NULL, live = 0, lsn = ? WHERE tbl = ? AND data IS NOT NULL",
-                (lsn, tbl),
+                "UPDATE rows SET data = NULL, live = 0, lsn = ?, rlsn = ?, rts = ?, plsn = ?, "
+                "pts = ?, klsn = ?, kts = ? WHERE tbl = ? AND data IS NOT NULL",
+                (lsn, lsn, ts, lsn, ts, lsn, ts, tbl),
             )
         else:
             self.db.execute(
-                "UPDATE rows SET data = NULL, live = 0, lsn = ? "
-                "WHERE tbl = ? AND part = ? AND data IS NOT NULL",
-                (lsn, tbl, part),
+                "UPDATE rows SET data = NULL, live = 0, lsn = ?, rlsn = ?, rts = ?, plsn = ?, "
+                "pts = ?, klsn = ?, kts = ? WHERE tbl = ? AND part = ? AND data IS NOT NULL",
+                (lsn, lsn, ts, lsn, ts, lsn, ts, tbl, part),
             )
         if tbl in self.globals:
             self.globals[tbl].clear()
+            self.global_lsns[tbl].clear()
+            if tbl == "categories":
+                self.category_plsns.clear()
+                self.category_klsns.clear()
         return [d for _, d in rows]
 
     # -- category counts (from the counts topic) ----------------------------------------
@@ -347,6 +447,13 @@ class AssemblerState:
         )
         return True
 
+    def count_lsn(self, category_id: int) -> tuple[int, int]:
+        """Highest LSN of the published counts of a category (its time is not kept: 0)."""
+        row = self.db.execute(
+            "SELECT coalesce(max(lsn), 0) FROM counts WHERE category_id = ?", (category_id,)
+        ).fetchone()
+        return int(row[0]), 0
+
     def product_count(self, category_id: int) -> int:
         row = self.db.execute(
             "SELECT coalesce(sum(count), 0) FROM counts WHERE category_id = ?", (category_id,)
@@ -355,21 +462,17 @@ class AssemblerState:
 
     # -- emitted documents ----------------------------------------------------------------
 
-    def doc(self, kind: str, doc_id: int) -> tuple[int, int, int, str | None] | None:
-        """``(pending, pending_ts, version, hash)`` of a document, ``None`` if never seen."""
+    def doc(self, kind: str, doc_id: int) -> tuple[int, str | None] | None:
+        """``(version, hash)`` last emitted for a document, ``None`` if never emitted."""
         found = self.db.execute(
-            "SELECT pending, pending_ts, version, hash FROM docs WHERE kind = ? AND id = ?",
-            (kind, doc_id),
+            "SELECT version, hash FROM docs WHERE kind = ? AND id = ?", (kind, doc_id)
         ).fetchone()
         if found is None:
             return None
-        return int(found[0]), int(found[1]), int(found[2]), found[3]
+        return int(found[0]), found[1]
 
-    def set_doc(
-        self, kind: str, doc_id: int, pending: int, pending_ts: int, version: int, hash_: str | None
-    ) -> None:
+    def set_doc(self, kind: str, doc_id: int, version: int, hash_: str | None) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO docs (kind, id, pending, pending_ts, version, hash) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (kind, doc_id, pending, pending_ts, version, hash_),
+            "INSERT OR REPLACE INTO docs (kind, id, version, hash) VALUES (?, ?, ?, ?)",
+            (kind, doc_id, version, hash_),
         )

@@ -6,6 +6,7 @@ every partition from the beginning without a consumer group (nothing is committe
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -43,8 +44,9 @@ def iter_documents(
     *,
     schema_registry_url: str | None = None,
     codec: DocumentCodec | None = None,
+    timeout: float = 60.0,
 ) -> Iterator[DocumentMessage]:
-    """Every message of the ``kind`` document topic, partition by partition, to its end."""
+    """Every message of the ``kind`` document topic to its end (per key in topic order)."""
     topic = doc_topic(prefix, kind)
     codec = codec or document_codec(bootstrap, prefix, schema_registry_url)
     consumer = Consumer(consumer_config(bootstrap, f"catalog-cdc-documents-{uuid.uuid4().hex[:8]}"))
@@ -54,27 +56,34 @@ def iter_documents(
             raise DocumentTopicError(
                 f"topic {topic!r} does not exist (is `catalog-cdc assembler` running?)"
             )
+        high: dict[int, int] = {}
+        pos: dict[int, int] = {}
         for p in sorted(meta.partitions):
-            tp = TopicPartition(topic, p)
-            low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            if high <= low:
-                continue
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)])
-            pos = low
-            while True:
-                # Read to the high watermark, then on while messages keep coming (a
-                # broker may report the last batch's start as its watermark).
-                msg = consumer.poll(5.0 if pos < high else 0.5)
-                if msg is None:
-                    if pos < high:
-                        raise DocumentTopicError(f"timed out reading {topic}[{p}] at {pos}/{high}")
+            low, high[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            pos[p] = low
+        assigned = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in high if high[p] > pos[p]]
+        if not assigned:
+            return
+        consumer.assign(assigned)
+        deadline = time.monotonic() + timeout
+        while True:
+            # Read every partition to its high watermark, then on while messages keep
+            # coming for a moment (a broker may report the last batch's start as it).
+            behind = any(pos[p] < high[p] for p in pos)
+            msg = consumer.poll(1.0 if behind else 0.2)
+            if msg is None:
+                if not behind:
                     break
-                if msg.error():
-                    raise DocumentTopicError(f"reading {topic}[{p}]: {msg.error()}")
-                pos = (msg.offset() or 0) + 1
-                yield codec.decode_message(
-                    kind, msg.key(), msg.value(), msg.headers(), p, msg.offset() or 0
-                )
+                if time.monotonic() > deadline:
+                    raise DocumentTopicError(f"timed out reading {topic}: at {pos}, end {high}")
+                continue
+            if msg.error():
+                raise DocumentTopicError(f"reading {topic}[{msg.partition()}]: {msg.error()}")
+            p = msg.partition() or 0
+            pos[p] = (msg.offset() or 0) + 1
+            yield codec.decode_message(
+                kind, msg.key(), msg.value(), msg.headers(), p, msg.offset() or 0
+            )
     finally:
         consumer.close()
 
