@@ -555,7 +555,8 @@ class Batch:
             # delete or soft delete): what its rows do afterwards does not matter.
             self._see(self.state.gone_lsn(pid))
             return None
-        self._see(self.state.children_lsn(pid))
+        children, newest = self.state.product_rows(pid)
+        self._see(newest)
         brand = None
         if p.get("brand_id") is not None:
             b = self.state.globals["brands"].get(int(p["brand_id"]))
@@ -564,7 +565,7 @@ class Batch:
             brand = BrandRef(id=int(p["brand_id"]), name=b["name"])
             self._see(self.state.global_lsns["brands"].get(int(p["brand_id"]), (0, 0)))
         links = sorted(
-            self.state.children("product_categories", pid),
+            children["product_categories"],
             key=lambda r: (r["position"], r["category_id"]),
         )
         categories = []
@@ -592,12 +593,12 @@ class Batch:
                 quantity=v["quantity"],
                 attributes=_json_loads(v["attributes"]),
             )
-            for v in sorted(self.state.children("product_variants", pid), key=lambda r: r["id"])
+            for v in sorted(children["product_variants"], key=lambda r: r["id"])
         ]
         images = [
             Image(file_name=i["file_name"], url=i["url"], position=i["position"])
             for i in sorted(
-                self.state.children("product_images", pid),
+                children["product_images"],
                 key=lambda r: (r["position"], r["id"]),
             )
         ]
@@ -610,7 +611,7 @@ class Batch:
                 print_order=t["print_order"],
             )
             for t in sorted(
-                self.state.children("technical_data", pid),
+                children["technical_data"],
                 key=lambda r: (r["print_order"], r["id"]),
             )
         ]

@@ -342,8 +342,10 @@ class Assembler:
         idle_since = time.monotonic()
         last_report = time.monotonic()
         while not stop.is_set():
-            msgs = self.group.consume(self.settings.batch_size, self.settings.poll_timeout)
-            msgs += self.globals.consume(self.settings.batch_size, 0.01 if msgs else 0.05)
+            # Global tables first: a brand or category change then reaches the products
+            # of the same poll before the product changes that follow it.
+            msgs = self.globals.consume(self.settings.batch_size, 0.01)
+            msgs += self.group.consume(self.settings.batch_size, self.settings.poll_timeout)
             if self._delivery_errors:
                 raise AssemblerError(f"Kafka refused documents: {self._delivery_errors[:3]}")
             inputs = self._decode(msgs)
@@ -356,10 +358,16 @@ class Assembler:
             elif (
                 not msgs
                 and not self.catching_up
-                and self._owned_caught_up()
+                and not self.caught_up.is_set()
                 and time.monotonic() - idle_since > 0.5
+                and self._owned_caught_up()
             ):
                 self.caught_up.set()
+                log.info(
+                    "event=caught_up owned=%s %s",
+                    sorted(self.owned),
+                    " ".join(f"{k}={v}" for k, v in self.stats.items()),
+                )
             if time.monotonic() - last_report > 10:
                 log.info(
                     "event=assembler_progress owned=%s %s",
@@ -411,12 +419,17 @@ class Assembler:
                 self.state.set_meta(f"fanout:{p}", str(seen))
 
     def _owned_caught_up(self) -> bool:
+        """Every assigned input (group and global) read to its high watermark."""
         if not self._assigned:
             return False
-        for tp in self._assigned:
-            _low, high = self.group.get_watermark_offsets(tp, cached=False, timeout=5)
-            if self._positions.get((tp.topic, tp.partition), 0) < high:
-                return False
+        for consumer, tps in (
+            (self.group, self._assigned),
+            (self.globals, self.globals.assignment()),
+        ):
+            for tp in tps:
+                low, high = consumer.get_watermark_offsets(tp, cached=False, timeout=5)
+                if high > low and self._positions.get((tp.topic, tp.partition), 0) < high:
+                    return False
         return True
 
     def _decode(self, msgs: list[Message]) -> list[_Input]:

@@ -243,6 +243,25 @@ class AssemblerState:
             return (0, 0, 0, 0)
         return int(found[0]), int(found[1]), int(found[2]), int(found[3])
 
+    def product_rows(
+        self, product_id: int
+    ) -> tuple[dict[str, list[dict[str, Any]]], tuple[int, int]]:
+        """A product's live child rows by table, and the highest ``(rlsn, rts)`` of its
+        row and child rows (graves included): one query."""
+        rows: dict[str, list[dict[str, Any]]] = {t: [] for t in OWNED_TABLES[1:]}
+        newest = self.relevant_lsn("products", str(product_id))
+        for tbl, data, rlsn, rts in self.db.execute(
+            "SELECT tbl, data, rlsn, rts FROM rows INDEXED BY rows_product "
+            "WHERE tbl IN ('product_variants', 'product_images', 'technical_data', "
+            "'product_categories') AND product_id = ?",
+            (product_id,),
+        ):
+            if data is not None:
+                rows[tbl].append(json.loads(data))
+            if (rlsn, rts) > newest:
+                newest = (int(rlsn), int(rts))
+        return rows, newest
+
     def gone_lsn(self, product_id: int) -> tuple[int, int]:
         """When a product went away (``klsn`` of its row; ``(0, 0)`` if never seen)."""
         return self._plsn("products", str(product_id))[2:]
@@ -250,7 +269,8 @@ class AssemblerState:
     def children_lsn(self, product_id: int) -> tuple[int, int]:
         """Highest ``(rlsn, rts)`` of a product's row and child rows, graves included."""
         found = self.db.execute(
-            "SELECT rlsn, rts FROM rows WHERE tbl IN ('product_variants', 'product_images', "
+            "SELECT rlsn, rts FROM rows INDEXED BY rows_product "
+            "WHERE tbl IN ('product_variants', 'product_images', "
             "'technical_data', 'product_categories') AND product_id = ? "
             "ORDER BY rlsn DESC LIMIT 1",
             (product_id,),
@@ -317,7 +337,8 @@ class AssemblerState:
             )
         else:
             cur = self.db.execute(
-                "SELECT key, data FROM rows WHERE tbl = ? AND part = ? AND data IS NOT NULL",
+                "SELECT key, data FROM rows INDEXED BY rows_part "
+                "WHERE tbl = ? AND part = ? AND data IS NOT NULL",
                 (tbl, part),
             )
         return [(k, json.loads(d)) for k, d in cur]
@@ -327,7 +348,8 @@ class AssemblerState:
         return [
             json.loads(d)
             for (d,) in self.db.execute(
-                "SELECT data FROM rows WHERE tbl = ? AND product_id = ? AND data IS NOT NULL",
+                "SELECT data FROM rows INDEXED BY rows_product "
+                "WHERE tbl = ? AND product_id = ? AND data IS NOT NULL",
                 (tbl, product_id),
             )
         ]
@@ -342,8 +364,10 @@ class AssemblerState:
         values, parts = list(values), list(parts)
         if not values or not parts:
             return set()
+        index = "rows_ref" if column == "ref" else "rows_store"
         sql = (
-            f"SELECT product_id FROM rows WHERE tbl = 'products' AND data IS NOT NULL "
+            f"SELECT product_id FROM rows INDEXED BY {index} WHERE tbl = 'products' "
+            "AND data IS NOT NULL "
             f"AND {column} IN ({','.join('?' * len(values))}) "
             f"AND part IN ({','.join('?' * len(parts))})"
         )
@@ -358,7 +382,8 @@ class AssemblerState:
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             sql = (
-                "SELECT DISTINCT product_id FROM rows WHERE tbl = 'product_categories' "
+                "SELECT DISTINCT product_id FROM rows INDEXED BY rows_ref "
+                "WHERE tbl = 'product_categories' "
                 f"AND data IS NOT NULL AND ref IN ({','.join('?' * len(chunk))}) "
                 f"AND part IN ({','.join('?' * len(parts))})"
             )
@@ -370,7 +395,8 @@ class AssemblerState:
         return [
             int(r[0])
             for r in self.db.execute(
-                "SELECT ref FROM rows WHERE tbl = 'product_categories' AND product_id = ? "
+                "SELECT ref FROM rows INDEXED BY rows_product "
+                "WHERE tbl = 'product_categories' AND product_id = ? "
                 "AND data IS NOT NULL",
                 (product_id,),
             )
@@ -382,7 +408,7 @@ class AssemblerState:
         if not parts:
             return []
         sql = (
-            "SELECT product_id FROM rows WHERE tbl = 'products' "
+            "SELECT product_id FROM rows INDEXED BY rows_part WHERE tbl = 'products' "
             f"AND part IN ({','.join('?' * len(parts))}) ORDER BY product_id"
         )
         return [int(r[0]) for r in self.db.execute(sql, parts)]
@@ -393,7 +419,8 @@ class AssemblerState:
         if not parts:
             return []
         sql = (
-            "SELECT DISTINCT ref, part FROM rows WHERE tbl = 'product_categories' "
+            "SELECT DISTINCT ref, part FROM rows INDEXED BY rows_part "
+            "WHERE tbl = 'product_categories' "
             f"AND part IN ({','.join('?' * len(parts))}) ORDER BY ref, part"
         )
         return [(int(r[0]), int(r[1])) for r in self.db.execute(sql, parts)]
@@ -401,7 +428,7 @@ class AssemblerState:
     def local_count(self, category_id: int, part: int) -> int:
         """Live products linked to ``category_id`` among the rows of partition ``part``."""
         row = self.db.execute(
-            "SELECT count(*) FROM rows l JOIN rows p ON p.tbl = 'products' "
+            "SELECT count(*) FROM rows l INDEXED BY rows_ref JOIN rows p ON p.tbl = 'products' "
             "AND p.key = CAST(l.product_id AS TEXT) AND p.live = 1 "
             "WHERE l.tbl = 'product_categories' AND l.ref = ? AND l.part = ? "
             "AND l.data IS NOT NULL",
