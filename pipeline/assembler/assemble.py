@@ -213,6 +213,8 @@ class Batch:
         self._contrib = (0, 0)
         self.global_lsn = 0
         """The highest LSN of a global-table change this batch applied."""
+        self.late: list[tuple[str, int]] = []
+        """Documents emitted at ``version + 1`` (a late cross-topic arrival)."""
 
     # -- applying ------------------------------------------------------------------------
 
@@ -481,6 +483,9 @@ class Batch:
         newest, newest_ts = self._contrib
         if digest == last_hash and newest <= version:
             return  # nothing new
+        if newest <= version:
+            # A change reached us after a newer one of another topic was emitted.
+            self.late.append((kind, doc_id))
         new_version = max(newest, version + 1)
         if doc is not None:
             doc = doc.model_copy(update={"version": new_version, "source_ts_ms": newest_ts})

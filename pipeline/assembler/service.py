@@ -29,6 +29,7 @@ never emitted.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import json
 import logging
@@ -98,7 +99,16 @@ class Assembler:
         self.state_path = settings.state_path_for(topic_prefix)
         self.owned: set[int] = set()
         self.partitions = 0
-        self.stats = {"batches": 0, "events": 0, "products": 0, "categories": 0, "tombstones": 0}
+        self.stats = {
+            "batches": 0,
+            "events": 0,
+            "products": 0,
+            "categories": 0,
+            "tombstones": 0,
+            "late": 0,
+        }
+        self.late: collections.deque[tuple[str, int]] = collections.deque(maxlen=1000)
+        """The last documents emitted at ``version + 1`` (late cross-topic arrivals)."""
         self._assigned: list[TopicPartition] = []
         self._positions: dict[tuple[str, int], int] = {}
         self._delivery_errors: list[str] = []
@@ -505,6 +515,8 @@ class Assembler:
                 log.warning("event=group_commit_failed error=%s", exc)
         self.stats["batches"] += 1
         self.stats["events"] += len(inputs)
+        self.stats["late"] += len(batch.late)
+        self.late.extend(batch.late)
         for kind, doc_id, reason in out.deferred[:5]:
             log.info("event=document_deferred kind=%s id=%s reason=%s", kind, doc_id, reason)
 
