@@ -752,14 +752,33 @@ class Reader:
                 key_changed = enc.key_row(old) != enc.key_row(new)
             except ValueConversionError as exc:
                 raise self._conversion_error(schema, new, exc) from exc
-            if key_changed:
-                # The primary key changed: the old key is deleted, the new one created.
+            if key_changed or (kind == "O" and self._moves_partition(schema, enc, old, new)):
+                # The primary key changed, or the row moves to another partition (a
+                # variant given to another product): the old key is deleted on its
+                # partition, the new row created on its own. Consumers of the old
+                # partition (an assembler instance) then see the row leave.
                 self._change(schema, "d", old, kind, None, x.data_start)
                 self._change(schema, "c", None, None, enc.fill_toast(new, old, kind), x.data_start)
                 return
             if kind == "O":
                 new = enc.fill_toast(new, old, kind)
         self._change(schema, "u", old, kind, new, x.data_start)
+
+    def _moves_partition(
+        self, schema: TableSchema, enc: Any, old: po.RawTuple, new: po.RawTuple
+    ) -> bool:
+        """Whether an UPDATE changed the row's partition column (whole old row known)."""
+        pcol = self._partition_column.get((schema.schema, schema.table))
+        if pcol is None:
+            return False
+        try:
+            before = enc.column_value(old, pcol, "O")
+            after = enc.column_value(new, pcol, "N")
+        except ValueConversionError as exc:
+            raise self._conversion_error(schema, new, exc) from exc
+        if after is UNCHANGED_TOAST:
+            return False
+        return bool(before != after)
 
     def _on_delete(self, msg: po.Delete, x: XLogData) -> None:
         schema = self.cache.schema(msg.relation_id)

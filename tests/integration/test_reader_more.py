@@ -47,6 +47,44 @@ def test_reader_on_each_broker(catalog_dsn: str, broker_bootstrap: str, topic_pr
         assert_topic_matches_table(broker_bootstrap, topic_prefix, catalog_dsn, table)
 
 
+def test_a_row_moved_to_another_partition_leaves_the_old_one(
+    catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A variant given to a product of another partition: a delete on the old partition
+    (with its tombstone), a create on the new one, so a consumer of either sees it."""
+    from pipeline.kafka import partition_for
+
+    seed_catalog(catalog_dsn, products=20, seed=23)
+    with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+        vid, old_pid = conn.execute(
+            "SELECT id, product_id FROM product_variants ORDER BY id LIMIT 1"
+        ).fetchone()  # type: ignore[misc]
+        new_pid = next(
+            p
+            for (p,) in conn.execute("SELECT id FROM products ORDER BY id").fetchall()
+            if partition_for(p, 6) != partition_for(old_pid, 6)
+        )
+    with running_reader(catalog_dsn, kafka_bootstrap, topic_prefix) as reader:
+        with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE product_variants SET product_id = %s, quantity = 7 WHERE id = %s",
+                (new_pid, vid),
+            )
+            conn.execute("UPDATE product_variants SET quantity = 8 WHERE id = %s", (vid,))
+        wait_for(lambda: _caught_up(catalog_dsn, reader.settings.slot), 60, "catch-up")
+    topic = f"{topic_prefix}.public.product_variants"
+    streamed = [
+        (ev.op if ev else "tombstone", part)
+        for key, ev, part, _ in read_events(kafka_bootstrap, topic_prefix, topic)
+        if key == {"id": vid} and (ev is None or ev.source.snapshot == "false")
+    ]
+    old_part, new_part = partition_for(old_pid, 6), partition_for(new_pid, 6)
+    assert sorted(streamed) == sorted(
+        [("d", old_part), ("tombstone", old_part), ("c", new_part), ("u", new_part)]
+    ), streamed
+    assert_topic_matches_table(kafka_bootstrap, topic_prefix, catalog_dsn, "product_variants")
+
+
 def test_reader_with_confluent_registry(
     catalog_dsn: str,
     kafka_bootstrap: str,

@@ -1072,11 +1072,6 @@ def test_categories_of_unowned_partitions_wait_for_a_recheck() -> None:
     assert {(e.id, e.version) for e in out.emissions} == {(c, lsns[c]) for c in c1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a child row moved to a product of another partition reaches only the new "
-    "partition (the reader routes by the new product_id), so the old product's owner keeps it",
-)
 def test_a_variant_moved_across_partitions_leaves_its_old_product() -> None:
     a = base_catalog(owned={0})  # two instances of the group, one per partition
     b = Catalog(owned={1})
@@ -1089,7 +1084,12 @@ def test_a_variant_moved_across_partitions_leaves_its_old_product() -> None:
     poll_both()
     assert partition_for(1, P) == 1 and partition_for(4, P) == 0
     assert [v.sku for v in product_doc_of(b, 1).variants] == ["SKU-101"]
-    a.update("product_variants", 101, product_id=4)  # UPDATE product_variants SET product_id
+    # UPDATE product_variants SET product_id = 4: the reader sends it as a delete on the
+    # old product's partition and a create on the new one's (the partition column moved).
+    moved = {**a.row("product_variants", 101), "product_id": 4}
+    with a.tx():
+        a.delete("product_variants", 101)
+        a.insert("product_variants", moved)
     poll_both()
     assert [v.sku for v in product_doc_of(a, 4).variants] == ["SKU-101", "SKU-104"]
     assert [v.sku for v in product_doc_of(b, 1).variants] == []
