@@ -30,6 +30,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--state", type=Path, help="SQLite state file (default under .stack/assembler/)")
     p.add_argument("--group", help="consumer group (default {prefix}-assembler)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument(
         "--exit-when-idle",
         type=float,
@@ -66,7 +67,15 @@ def _assembler(args: argparse.Namespace) -> int:
     from pipeline.settings import load_connections
 
     conns = load_connections()
-    overrides = {k: v for k, v in {"state_path": args.state, "group": args.group}.items() if v}
+    overrides = {
+        k: v
+        for k, v in {
+            "state_path": args.state,
+            "group": args.group,
+            "metrics_port": args.metrics_port,
+        }.items()
+        if v is not None
+    }
     assembler = Assembler(
         bootstrap=conns.require("kafka_bootstrap"),
         topic_prefix=conns.topic_prefix,

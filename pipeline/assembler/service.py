@@ -50,6 +50,7 @@ from confluent_kafka import (
 
 from pipeline.assembler.assemble import Batch, KeyedCount, Output
 from pipeline.assembler.codec import DocumentCodec, doc_key, doc_topic, headers_of
+from pipeline.assembler.metrics import AssemblerMetrics
 from pipeline.assembler.settings import AssemblerSettings
 from pipeline.assembler.state import GLOBAL_TABLES, OWNED_TABLES, AssemblerState
 from pipeline.codec import EventCodec, KafkaSchemaStore, make_codec
@@ -113,6 +114,7 @@ class Assembler:
         self._positions: dict[tuple[str, int], int] = {}
         self._delivery_errors: list[str] = []
         self._recheck = False
+        self.metrics = AssemblerMetrics()
         self.caught_up = threading.Event()
         """Set once every input was read to its end and nothing was pending."""
 
@@ -218,6 +220,9 @@ class Assembler:
         # A new (or rebuilt) state first catches up with the topics without emitting,
         # then emits every document once: no replay of intermediate states.
         self.catching_up = state.meta("catch_up") == "1"
+        self.metrics.catching_up.set(1 if self.catching_up else 0)
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_port)
         self._targets: dict[tuple[str, int], int] = {}
         self.codec: EventCodec = make_codec(
             topic_prefix=self.prefix,
@@ -334,6 +339,7 @@ class Assembler:
                 "every member must use partition.assignment.strategy=range",
             )
         self.owned = owned
+        self.metrics.owned.set(len(owned))
         self._recheck = True
         self.caught_up.clear()
         log.info("event=partitions_assigned owned=%s", sorted(owned))
@@ -342,6 +348,7 @@ class Assembler:
         # Batches are processed to the end (state durable, offsets committed) before the
         # next poll, and callbacks run inside poll: nothing of ours is in flight here.
         self.owned = set()
+        self.metrics.owned.set(0)
         self._assigned = []
         consumer.unassign()
         log.info("event=partitions_revoked count=%d", len(partitions))
@@ -379,6 +386,7 @@ class Assembler:
                     " ".join(f"{k}={v}" for k, v in self.stats.items()),
                 )
             if time.monotonic() - last_report > 10:
+                self._owned_caught_up()  # refreshes the lag gauges
                 log.info(
                     "event=assembler_progress owned=%s %s",
                     sorted(self.owned),
@@ -410,6 +418,7 @@ class Assembler:
         with self.state.transaction():
             self.state.set_meta("catch_up", "0")
             self.catching_up = False
+            self.metrics.catching_up.set(0)
             self._note_fanout(0)
         self.catching_up = False
         self._targets.clear()
@@ -429,18 +438,23 @@ class Assembler:
                 self.state.set_meta(f"fanout:{p}", str(seen))
 
     def _owned_caught_up(self) -> bool:
-        """Every assigned input (group and global) read to its high watermark."""
+        """Every assigned input (group and global) read to its high watermark.
+
+        Updates the lag gauges on the way.
+        """
         if not self._assigned:
             return False
+        behind = False
         for consumer, tps in (
             (self.group, self._assigned),
             (self.globals, self.globals.assignment()),
         ):
             for tp in tps:
                 low, high = consumer.get_watermark_offsets(tp, cached=False, timeout=5)
-                if high > low and self._positions.get((tp.topic, tp.partition), 0) < high:
-                    return False
-        return True
+                lag = max(0, high - max(low, self._positions.get((tp.topic, tp.partition), 0)))
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+                behind = behind or lag > 0
+        return not behind
 
     def _decode(self, msgs: list[Message]) -> list[_Input]:
         """Decode and merge: per topic-partition in offset order, across them by LSN."""
@@ -476,6 +490,7 @@ class Assembler:
         return list(heapq.merge(*streams.values(), key=lambda i: (i.lsn, i.seq)))
 
     def _process(self, inputs: list[_Input], msgs: list[Message]) -> None:
+        started = time.perf_counter()
         state = self.state
         with state.transaction():
             batch = Batch(state, self.owned, self.partitions)
@@ -517,6 +532,11 @@ class Assembler:
         self.stats["events"] += len(inputs)
         self.stats["late"] += len(batch.late)
         self.late.extend(batch.late)
+        m = self.metrics
+        for item in inputs:
+            m.events.labels(item.table).inc()
+        m.late.inc(len(batch.late))
+        m.batch_seconds.observe(time.perf_counter() - started)
         for kind, doc_id, reason in out.deferred[:5]:
             log.info("event=document_deferred kind=%s id=%s reason=%s", kind, doc_id, reason)
 
@@ -535,6 +555,9 @@ class Assembler:
                 self.stats["tombstones"] += 1
             else:
                 self.stats["products" if e.kind == "product" else "categories"] += 1
+            self.metrics.documents.labels(
+                e.kind, "tombstone" if e.doc is None else "document"
+            ).inc()
         for c in out.counts:
             key = f"{c.category_id}:{c.part}"
             self._produce(
@@ -544,6 +567,7 @@ class Assembler:
                 partition_for(key, self.counts_partitions),
             )
         for d in out.dead_letters:
+            self.metrics.dead_letters.inc()
             log.error("event=document_invalid kind=%s id=%s error=%s", d.kind, d.id, d.error)
             body = json.dumps(
                 {"kind": d.kind, "id": d.id, "error": d.error, "rows": d.rows}, default=str

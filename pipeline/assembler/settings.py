@@ -33,6 +33,9 @@ class AssemblerSettings(BaseSettings):
     )
     batch_size: int = Field(default=5000, ge=1, description="messages per poll batch")
     poll_timeout: float = Field(default=0.2, gt=0, description="seconds a poll waits")
+    metrics_port: int | None = Field(
+        default=None, description="serve Prometheus metrics on this port (unset = off)"
+    )
     doc_partitions: int = Field(default=6, ge=1, description="partitions of new document topics")
 
     def state_path_for(self, prefix: str) -> Path:

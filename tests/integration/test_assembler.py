@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -14,13 +16,22 @@ from tests.integration.reader_support import running_reader
 pytestmark = pytest.mark.integration
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_snapshot_and_edits_give_the_sql_documents(
     catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     seed_catalog(catalog_dsn, products=60, seed=3)
+    metrics_port = _free_port()
     with (
         running_reader(catalog_dsn, kafka_bootstrap, topic_prefix),
-        running_assembler(kafka_bootstrap, topic_prefix, tmp_path / "a.sqlite"),
+        running_assembler(
+            kafka_bootstrap, topic_prefix, tmp_path / "a.sqlite", metrics_port=metrics_port
+        ) as assembler,
     ):
         wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix)
         with psycopg.connect(catalog_dsn, autocommit=True) as conn:
@@ -34,6 +45,24 @@ def test_snapshot_and_edits_give_the_sql_documents(
             conn.execute("UPDATE products SET description = repeat('long text ', 800) WHERE id = 6")
             conn.execute("UPDATE products SET price = 9.99 WHERE id = 6")
         wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix)
+        assert assembler.caught_up.wait(30), "the assembler never said it caught up"
+        # Its /metrics
+        if metrics_port:
+            text = (
+                urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+                .read()
+                .decode()
+            )
+            documents = [
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith(
+                    'catalog_cdc_assembler_documents_total{kind="product",type="document"}'
+                )
+            ]
+            assert documents and documents[0] >= 60, text[:2000]
+            assert 'catalog_cdc_assembler_lag_messages{partition="0",topic="' in text
+            assert 'catalog_cdc_assembler_events_total{table="products"}' in text
     history = version_history(kafka_bootstrap, topic_prefix, "product")
     for key, versions in history.items():
         assert versions == sorted(set(versions)), f"product {key}: versions {versions}"
