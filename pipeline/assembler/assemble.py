@@ -55,17 +55,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline.assembler.documents import (
-    BrandRef,
     CategoryDocument,
-    CategoryRef,
     Document,
-    Image,
     ProductDocument,
-    StoreRef,
-    TechnicalData,
-    Variant,
     normalize_tags,
-    to_json,
 )
 from pipeline.assembler.state import (
     GLOBAL_TABLES,
@@ -469,20 +462,22 @@ class Batch:
         version, last_hash = known if known else (0, None)
         self._contrib = (0, 0)
         try:
-            doc = build(doc_id)
+            built: Built | None = build(doc_id)
         except _Deferred as exc:
             # Not buildable yet (a row from another topic has not arrived): the arriving
             # row touches the document again.
             out.deferred.append((kind, doc_id, str(exc)))
             return
+        digest = TOMBSTONE if built is None else built.digest()
+        newest, newest_ts = self._contrib
+        if digest == last_hash and newest <= version:
+            return  # nothing new
+        try:
+            doc = None if built is None else built.document()
         except ValidationError as exc:
             out.dead_letters.append(DeadLetter(kind, doc_id, str(exc), self._rows_of(kind, doc_id)))
             self.state.set_doc(kind, doc_id, version, "!invalid")
             return
-        digest = TOMBSTONE if doc is None else hashlib.sha1(to_json(doc).encode()).hexdigest()
-        newest, newest_ts = self._contrib
-        if digest == last_hash and newest <= version:
-            return  # nothing new
         if newest <= version:
             # A change reached us after a newer one of another topic was emitted.
             self.late.append((kind, doc_id))
@@ -544,16 +539,14 @@ class Batch:
         cache[cid] = result
         return result
 
-    def _store(self, store_id: int, what: str) -> StoreRef:
+    def _store(self, store_id: int, what: str) -> dict[str, Any]:
         store = self.state.globals["stores"].get(store_id)
         if store is None:
             raise _Deferred(f"{what}: store {store_id} not known yet")
         self._see(self.state.global_lsns["stores"].get(store_id, (0, 0)))
-        return StoreRef(id=store_id, code=store["code"])
+        return {"id": store_id, "code": store["code"]}
 
-    def _product(
-        self, pid: int, paths: dict[int, tuple[str, ...] | None]
-    ) -> ProductDocument | None:
+    def _product(self, pid: int, paths: dict[int, tuple[str, ...] | None]) -> Built | None:
         p = self.state.product(pid)
         if p is None or p.get("deleted_at") is not None:
             # A tombstone's version is the LSN at which the product went away (its
@@ -567,15 +560,13 @@ class Batch:
             b = self.state.globals["brands"].get(int(p["brand_id"]))
             if b is None:
                 raise _Deferred(f"product {pid}: brand {p['brand_id']} not known yet")
-            brand = BrandRef(id=int(p["brand_id"]), name=b["name"])
+            brand = {"id": int(p["brand_id"]), "name": b["name"]}
             self._see(self.state.global_lsns["brands"].get(int(p["brand_id"]), (0, 0)))
-        links = sorted(
-            children["product_categories"],
-            key=lambda r: (r["position"], r["category_id"]),
-        )
         categories = []
         cats = self.state.globals["categories"]
-        for link in links:
+        for link in sorted(
+            children["product_categories"], key=lambda r: (r["position"], r["category_id"])
+        ):
             cid = int(link["category_id"])
             cat = cats.get(cid)
             path = self._path(cid, paths)
@@ -583,70 +574,65 @@ class Batch:
                 raise _Deferred(f"product {pid}: category {cid} (or an ancestor) not known yet")
             self._see_category(cid)
             categories.append(
-                CategoryRef(
-                    id=cid,
-                    name=cat["name"],
-                    url_key=cat["url_key"],
-                    path=path,
-                    position=link["position"],
-                )
+                {
+                    "id": cid,
+                    "name": cat["name"],
+                    "url_key": cat["url_key"],
+                    "path": list(path),
+                    "position": link["position"],
+                }
             )
         variants = [
-            Variant(
-                sku=v["sku"],
-                price=v["price"],
-                quantity=v["quantity"],
-                attributes=_json_loads(v["attributes"]),
-            )
+            {
+                "sku": v["sku"],
+                "price": v["price"],
+                "quantity": v["quantity"],
+                "attributes": v["attributes"],  # JSON text here, parsed by Built.document
+            }
             for v in sorted(children["product_variants"], key=lambda r: r["id"])
         ]
         images = [
-            Image(file_name=i["file_name"], url=i["url"], position=i["position"])
-            for i in sorted(
-                children["product_images"],
-                key=lambda r: (r["position"], r["id"]),
-            )
+            {"file_name": i["file_name"], "url": i["url"], "position": i["position"]}
+            for i in sorted(children["product_images"], key=lambda r: (r["position"], r["id"]))
         ]
         specs = [
-            TechnicalData(
-                group=t["group_name"],
-                description=t["description"],
-                value=t["value"],
-                suffix=t["suffix"],
-                print_order=t["print_order"],
-            )
-            for t in sorted(
-                children["technical_data"],
-                key=lambda r: (r["print_order"], r["id"]),
-            )
+            {
+                "group": t["group_name"],
+                "description": t["description"],
+                "value": t["value"],
+                "suffix": t["suffix"],
+                "print_order": t["print_order"],
+            }
+            for t in sorted(children["technical_data"], key=lambda r: (r["print_order"], r["id"]))
         ]
-        return ProductDocument(
-            id=pid,
-            store=self._store(int(p["store_id"]), f"product {pid}"),
-            reference=p["reference"],
-            name=p["name"],
-            description=p["description"],
-            url_key=p["url_key"],
-            price=p["price"],
-            list_price=p["list_price"],
-            active=p["active"],
-            brand=brand,
-            categories=tuple(categories),
-            variants=tuple(variants),
-            total_quantity=sum(v.quantity for v in variants),
-            images=tuple(images),
-            technical_data=tuple(specs),
-            ean13=p["ean13"],
-            weight=p["weight"],
-            tags=normalize_tags(p["tags"]),
-            updated_at=p["updated_at"],
-            version=0,
-            source_ts_ms=0,
+        return Built(
+            ProductDocument,
+            {
+                "id": pid,
+                "store": self._store(int(p["store_id"]), f"product {pid}"),
+                "reference": p["reference"],
+                "name": p["name"],
+                "description": p["description"],
+                "url_key": p["url_key"],
+                "price": p["price"],
+                "list_price": p["list_price"],
+                "active": p["active"],
+                "brand": brand,
+                "categories": categories,
+                "variants": variants,
+                "total_quantity": sum(int(v["quantity"]) for v in variants),
+                "images": images,
+                "technical_data": specs,
+                "ean13": p["ean13"],
+                "weight": p["weight"],
+                "tags": list(normalize_tags(p["tags"])),
+                "updated_at": p["updated_at"],
+                "version": 0,
+                "source_ts_ms": 0,
+            },
         )
 
-    def _category(
-        self, cid: int, paths: dict[int, tuple[str, ...] | None]
-    ) -> CategoryDocument | None:
+    def _category(self, cid: int, paths: dict[int, tuple[str, ...] | None]) -> Built | None:
         cat = self.state.globals["categories"].get(cid)
         if cat is None:
             self._see(self.state.relevant_lsn("categories", str(cid)))  # its grave
@@ -656,20 +642,47 @@ class Batch:
         path = self._path(cid, paths)
         if path is None:
             raise _Deferred(f"category {cid}: an ancestor is not known yet")
-        return CategoryDocument(
-            id=cid,
-            store=self._store(int(cat["store_id"]), f"category {cid}"),
-            parent_id=cat["parent_id"],
-            name=cat["name"],
-            url_key=cat["url_key"],
-            path=path,
-            position=cat["position"],
-            active=cat["active"],
-            product_count=self.state.product_count(cid),
-            updated_at=cat["updated_at"],
-            version=0,
-            source_ts_ms=0,
+        return Built(
+            CategoryDocument,
+            {
+                "id": cid,
+                "store": self._store(int(cat["store_id"]), f"category {cid}"),
+                "parent_id": cat["parent_id"],
+                "name": cat["name"],
+                "url_key": cat["url_key"],
+                "path": list(path),
+                "position": cat["position"],
+                "active": cat["active"],
+                "product_count": self.state.product_count(cid),
+                "updated_at": cat["updated_at"],
+                "version": 0,
+                "source_ts_ms": 0,
+            },
         )
+
+
+@dataclass(frozen=True)
+class Built:
+    """A document's content as plain JSON-able data (what the content hash is of)."""
+
+    cls: type[ProductDocument] | type[CategoryDocument]
+    data: dict[str, Any]
+
+    def digest(self) -> str:
+        text = json.dumps(self.data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def document(self) -> Document:
+        """The validated document (variant attributes parsed from their JSON text)."""
+        data = self.data
+        if self.cls is ProductDocument:
+            data = {
+                **data,
+                "variants": [
+                    {**v, "attributes": _json_loads(v["attributes"])} for v in data["variants"]
+                ],
+            }
+        return self.cls.model_validate(data)
 
 
 class _Deferred(Exception):
