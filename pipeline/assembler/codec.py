@@ -109,6 +109,7 @@ class DocumentCodec:
         self._registry = registry
         self._fingerprints: dict[type[Any], bytes] = {}
         self._ids: dict[type[Any], int] = {}
+        self._writers: dict[int, Any] = {}
 
     def encode(self, doc: Document) -> bytes:
         cls = type(doc)
@@ -139,13 +140,28 @@ class DocumentCodec:
             what = f"schema fingerprint {fp.hex()}"
         else:
             schema_id, body = self._registry.split(data)
-            writer = self._registry._writer(schema_id).parsed
+            writer = self._registry_writer(schema_id)
             what = f"schema id {schema_id}"
         try:
             record = schemaless_reader(io.BytesIO(body), writer, avro_schema(cls))
         except Exception as exc:
             raise DecodeError(f"cannot decode a {cls.__name__} with {what}: {exc}") from exc
         return from_avro(cast(dict[str, Any], record), cls)
+
+    def _registry_writer(self, schema_id: int) -> Any:
+        """The parsed writer schema of a registry id (fetched once)."""
+        parsed = self._writers.get(schema_id)
+        if parsed is None:
+            from fastavro import parse_schema
+
+            try:
+                fetched = self._registry.client.get_schema(schema_id)
+            except Exception as exc:
+                raise DecodeError(
+                    f"cannot fetch document schema id {schema_id} from the registry: {exc}"
+                ) from exc
+            parsed = self._writers[schema_id] = parse_schema(json.loads(fetched.schema_str))
+        return parsed
 
     def decode_message(
         self,

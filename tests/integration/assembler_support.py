@@ -22,7 +22,12 @@ from tests.integration.reader_support import CLI
 
 @contextmanager
 def running_assembler(
-    bootstrap: str, prefix: str, state_path: Path, rebuild: bool = False, **settings: Any
+    bootstrap: str,
+    prefix: str,
+    state_path: Path,
+    rebuild: bool = False,
+    registry_url: str | None = None,
+    **settings: Any,
 ) -> Iterator[Assembler]:
     """An assembler in a thread; stopped on exit.  Its error is re-raised in the test."""
     settings.setdefault("poll_timeout", 0.1)
@@ -30,6 +35,7 @@ def running_assembler(
         bootstrap=bootstrap,
         topic_prefix=prefix,
         settings=AssemblerSettings(state_path=state_path, **settings),
+        schema_registry_url=registry_url,
     )
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -72,7 +78,9 @@ def assembler_process(
         )
 
 
-def differences(dsn: str, bootstrap: str, prefix: str) -> list[str]:
+def differences(
+    dsn: str, bootstrap: str, prefix: str, registry_url: str | None = None
+) -> list[str]:
     """How the document topics differ from what SQL says (empty: in sync).
 
     Products that should not exist must be tombstones (or never have had a document).
@@ -82,7 +90,7 @@ def differences(dsn: str, bootstrap: str, prefix: str) -> list[str]:
     out: list[str] = []
     for kind, expected in (("product", products), ("category", categories)):
         try:
-            latest = latest_documents(bootstrap, prefix, kind)
+            latest = latest_documents(bootstrap, prefix, kind, schema_registry_url=registry_url)
         except Exception as exc:  # noqa: BLE001 - no topic yet: everything differs
             return [f"{kind}: {exc}"]
         live = {k: m for k, m in latest.items() if m.doc is not None}
@@ -102,11 +110,13 @@ def differences(dsn: str, bootstrap: str, prefix: str) -> list[str]:
     return out
 
 
-def wait_in_sync(dsn: str, bootstrap: str, prefix: str, timeout: float = 90.0) -> None:
+def wait_in_sync(
+    dsn: str, bootstrap: str, prefix: str, timeout: float = 90.0, registry_url: str | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     diffs: list[str] = []
     while time.monotonic() < deadline:
-        diffs = differences(dsn, bootstrap, prefix)
+        diffs = differences(dsn, bootstrap, prefix, registry_url)
         if not diffs:
             return
         time.sleep(1.0)

@@ -12,6 +12,7 @@ import pytest
 from pipeline.demo.seed import seed_catalog
 from tests.integration.assembler_support import running_assembler, version_history, wait_in_sync
 from tests.integration.reader_support import running_reader
+from tests.integration.test_registry import FakeRegistry, registry  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +67,27 @@ def test_snapshot_and_edits_give_the_sql_documents(
     history = version_history(kafka_bootstrap, topic_prefix, "product")
     for key, versions in history.items():
         assert versions == sorted(set(versions)), f"product {key}: versions {versions}"
+
+
+def test_with_a_confluent_registry(
+    catalog_dsn: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    registry: tuple[str, FakeRegistry],  # noqa: F811 - the fixture
+) -> None:
+    """With CATALOG_CDC_SCHEMA_REGISTRY_URL both the raw events and the documents use
+    the Confluent wire format and registry (subjects {topic}-value)."""
+    url, fake = registry
+    seed_catalog(catalog_dsn, products=15, seed=4)
+    with (
+        running_reader(catalog_dsn, kafka_bootstrap, topic_prefix, registry_url=url),
+        running_assembler(kafka_bootstrap, topic_prefix, tmp_path / "a.sqlite", registry_url=url),
+    ):
+        wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix, registry_url=url)
+        with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE brands SET name = name || ' R'")
+        wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix, registry_url=url)
+    subjects = set(fake.subjects)
+    assert f"{topic_prefix}.doc.products-value" in subjects, subjects
+    assert f"{topic_prefix}.doc.categories-value" in subjects, subjects
