@@ -465,7 +465,17 @@ class Assembler:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                raise AssemblerError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
+                if err.fatal():
+                    raise AssemblerError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
+                # librdkafka reports broker outages and the like this way and recovers
+                # by itself: say so and go on (nothing is skipped, nothing committed).
+                log.warning(
+                    "event=consumer_error topic=%s partition=%s error=%s",
+                    msg.topic(),
+                    msg.partition(),
+                    err,
+                )
+                continue
             topic, part, value = msg.topic() or "", msg.partition() or 0, msg.value()
             seq += 1
             if value is None:
