@@ -21,6 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from consumers import cli as consumers_cli
     from pipeline.assembler import cli as assembler_cli
     from pipeline.demo import cli as demo_cli
     from pipeline.reader import cli as reader_cli
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cli.register(sub)
     reader_cli.register(sub)
     assembler_cli.register(sub)
+    consumers_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,49 @@
+"""Finding consumers: the ``catalog_cdc.consumers`` entry-point group.
+
+Each entry point names a *factory*: ``name = "package.module:factory"``, called as
+``factory(context)`` with a :class:`SinkContext` and returning a
+:class:`~consumers.runtime.Sink`.  A separate package adds a consumer by declaring
+one in its own ``pyproject.toml``; ``catalog-cdc consume --list`` shows them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+from consumers.runtime import Sink
+from pipeline.errors import ConfigurationError
+from pipeline.settings import ConnectionSettings
+
+__all__ = ["GROUP", "SinkContext", "available", "load"]
+
+GROUP = "catalog_cdc.consumers"
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink factory gets: where the services are, and ``--option key=value``s."""
+
+    connections: ConnectionSettings
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+SinkFactory = Callable[[SinkContext], Sink]
+
+
+def available() -> dict[str, str]:
+    """``{name: "module:attr"}`` of every installed consumer."""
+    return {ep.name: ep.value for ep in entry_points(group=GROUP)}
+
+
+def load(name: str) -> SinkFactory:
+    found = [ep for ep in entry_points(group=GROUP) if ep.name == name]
+    if not found:
+        known = ", ".join(sorted(available())) or "none"
+        raise ConfigurationError(
+            f"no consumer named {name!r} (installed: {known}); a consumer is an entry point "
+            f"in the {GROUP!r} group (see docs/adding-a-consumer.md)"
+        )
+    factory: SinkFactory = found[0].load()
+    return factory

@@ -1,0 +1,368 @@
+"""The consumer runtime every sink shares: poll, batch, write, retry, dead-letter, commit.
+
+A sink is a small protocol (:class:`Sink`): ``add`` a batch of document records
+(documents and deletes), ``flush`` them durably.  :class:`ConsumerRuntime` does the
+rest, the same way for every consumer:
+
+1. reads the document topics the sink asks for (``{prefix}.doc.products``,
+   ``{prefix}.doc.categories``) in the consumer group ``{prefix}-{name}``;
+2. decodes each message into a :class:`~pipeline.assembler.codec.DocumentMessage`; a
+   message that cannot be decoded is a *poison* record;
+3. hands the batch to the sink and flushes it.  A
+   :class:`TransientSinkError` (timeouts, 429, 5xx, connection errors) retries the
+   flush with capped exponential backoff (honouring ``retry_after``) for as long as it
+   takes: nothing is ever skipped.  Records the sink rejects for good (a mapping error,
+   a field rule) come back as :class:`Rejected` and go, with the reason and the
+   original message, to ``{prefix}.dlq.{name}``;
+4. commits the batch's offsets only after the flush succeeded and the dead letters
+   were acknowledged by Kafka.
+
+Guarantee: at-least-once.  A crash before the commit redelivers the batch; sinks
+write idempotently (external versions, upserts by id), so a redelivery changes
+nothing that is already right.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from pipeline.assembler.codec import DocumentCodec, DocumentMessage, doc_topic
+from pipeline.assembler.topics import document_codec
+from pipeline.errors import CatalogCdcError
+from pipeline.kafka import TopicSpec, consumer_config, ensure_topics, producer_config
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ConsumerRuntime",
+    "Record",
+    "Rejected",
+    "RuntimeSettings",
+    "Sink",
+    "SinkError",
+    "TransientSinkError",
+]
+
+Record = DocumentMessage
+"""One document-topic message: ``kind``, ``id``, ``doc`` (``None``: a delete),
+``version``, ``source_ts_ms``, ``partition``, ``offset``."""
+
+
+class SinkError(CatalogCdcError):
+    """A sink cannot go on."""
+
+
+class TransientSinkError(SinkError):
+    """The target is unavailable for now (timeout, 429, 5xx, connection refused).
+
+    The runtime retries the flush; ``retry_after`` (seconds) is honoured when given.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record the target refused for good, and why (it goes to the dead-letter topic)."""
+
+    record: Record
+    reason: str
+
+
+class Sink(Protocol):
+    """What a consumer implements.  ``name`` names its group and dead-letter topic."""
+
+    name: str
+    kinds: Sequence[str]
+    """Which document topics to read: ``"product"`` and/or ``"category"``."""
+
+    def open(self) -> None:
+        """Connect; raise :class:`TransientSinkError` while the target is unreachable."""
+        ...
+
+    def add(self, records: Sequence[Record]) -> None:
+        """Take a batch (per partition in offset order; per key in version order)."""
+        ...
+
+    def flush(self) -> list[Rejected]:
+        """Write everything added durably and return the records refused for good.
+
+        Raise :class:`TransientSinkError` to be called again later (keep the records).
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    batch_size: int = 500
+    poll_timeout: float = 0.5
+    backoff_initial: float = 0.2
+    backoff_max: float = 30.0
+    metrics_port: int | None = None
+    group: str | None = None
+
+
+@dataclass
+class _Poison:
+    message: Message
+    reason: str
+
+
+@dataclass
+class RuntimeMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.records = Counter(
+            "catalog_cdc_consumer_records", "Records written", ["consumer", "type"], registry=r
+        )
+        self.retries = Counter(
+            "catalog_cdc_consumer_retries", "Flushes retried", ["consumer"], registry=r
+        )
+        self.dead_letters = Counter(
+            "catalog_cdc_consumer_dead_letters", "Records dead-lettered", ["consumer"], registry=r
+        )
+        self.batch_seconds = Histogram(
+            "catalog_cdc_consumer_batch_seconds", "Seconds per batch", ["consumer"], registry=r
+        )
+        self.lag = Gauge(
+            "catalog_cdc_consumer_lag_messages",
+            "Messages behind the end of a partition (last check)",
+            ["consumer", "topic", "partition"],
+            registry=r,
+        )
+
+
+class ConsumerRuntime:
+    """Runs one :class:`Sink` until ``stop`` is set (see the module docstring)."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        bootstrap: str,
+        topic_prefix: str,
+        settings: RuntimeSettings | None = None,
+        schema_registry_url: str | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.bootstrap = bootstrap
+        self.prefix = topic_prefix
+        self.settings = settings or RuntimeSettings()
+        self.registry_url = schema_registry_url
+        self.metrics = RuntimeMetrics()
+        self.stats = {"batches": 0, "records": 0, "retries": 0, "dead_letters": 0}
+        self.caught_up = threading.Event()
+        self._sleep = sleep
+        self._delivery_errors: list[str] = []
+
+    @property
+    def group(self) -> str:
+        return self.settings.group or f"{self.prefix}-{self.sink.name}"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.prefix}.dlq.{self.sink.name}"
+
+    def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._retrying("connect to the sink's target", self.sink.open)
+        if stop.is_set():
+            return
+        topics = [doc_topic(self.prefix, k) for k in self.sink.kinds]
+        ensure_topics(self.bootstrap, [TopicSpec(self.dlq_topic, 1)])
+        self.codec: DocumentCodec = document_codec(self.bootstrap, self.prefix, self.registry_url)
+        self.producer = Producer(producer_config(self.bootstrap))
+        self.consumer = Consumer(consumer_config(self.bootstrap, self.group))
+        if self.settings.metrics_port is not None:
+            start_http_server(
+                self.settings.metrics_port, addr="127.0.0.1", registry=self.metrics.registry
+            )
+        self.consumer.subscribe(topics)
+        log.info("event=consumer_started consumer=%s group=%s topics=%s", self.sink.name,
+                 self.group, ",".join(topics))  # fmt: skip
+        try:
+            self._loop(stop)
+        finally:
+            self.consumer.close()
+            self.producer.flush(30)
+            self.sink.close()
+            log.info(
+                "event=consumer_stopped consumer=%s %s",
+                self.sink.name,
+                " ".join(f"{k}={v}" for k, v in self.stats.items()),
+            )
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _loop(self, stop: threading.Event) -> None:
+        idle_since = time.monotonic()
+        while not stop.is_set():
+            msgs = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout)
+            if not msgs:
+                idle = time.monotonic() - idle_since > 0.5
+                if idle and not self.caught_up.is_set() and self._at_end():
+                    self.caught_up.set()
+                    log.info("event=caught_up consumer=%s", self.sink.name)
+                continue
+            self.caught_up.clear()
+            idle_since = time.monotonic()
+            self._batch(msgs)
+
+    def _batch(self, msgs: list[Message]) -> None:
+        started = time.perf_counter()
+        records: list[Record] = []
+        poison: list[_Poison] = []
+        positions: dict[tuple[str, int], int] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise SinkError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
+                log.warning("event=consumer_error consumer=%s error=%s", self.sink.name, err)
+                continue
+            topic, part = msg.topic() or "", msg.partition() or 0
+            positions[(topic, part)] = (msg.offset() or 0) + 1
+            kind = "product" if topic.endswith(".doc.products") else "category"
+            try:
+                records.append(
+                    self.codec.decode_message(
+                        kind, msg.key(), msg.value(), msg.headers(), part, msg.offset() or 0
+                    )
+                )
+            except CatalogCdcError as exc:
+                poison.append(_Poison(msg, f"cannot decode: {exc}"))
+        rejected: list[Rejected] = []
+        if records:
+            self.sink.add(records)
+            flushed: list[Rejected] | None = self._retrying("flush a batch", self.sink.flush)
+            if flushed is None:
+                return  # stopping while the target is down: nothing is committed
+            rejected = flushed
+        by_key = {(r.kind, r.id, r.partition, r.offset): r for r in records}
+        raw = {(m.topic(), m.partition(), m.offset()): m for m in msgs if m.error() is None}
+        for rej in rejected:
+            r = rej.record
+            original = raw.get((doc_topic(self.prefix, r.kind), r.partition, r.offset))
+            self._dead_letter(original, rej.reason, r)
+            by_key.pop((r.kind, r.id, r.partition, r.offset), None)
+        for p in poison:
+            self._dead_letter(p.message, p.reason, None)
+        self._flush_producer()
+        commits = [TopicPartition(t, p, n) for (t, p), n in positions.items()]
+        if commits:
+            self.consumer.commit(offsets=commits, asynchronous=False)
+        m, name = self.metrics, self.sink.name
+        deletes = sum(1 for r in by_key.values() if r.doc is None)
+        m.records.labels(name, "document").inc(len(by_key) - deletes)
+        m.records.labels(name, "delete").inc(deletes)
+        m.dead_letters.labels(name).inc(len(rejected) + len(poison))
+        m.batch_seconds.labels(name).observe(time.perf_counter() - started)
+        self.stats["batches"] += 1
+        self.stats["records"] += len(by_key)
+        self.stats["dead_letters"] += len(rejected) + len(poison)
+
+    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
+        """``call()`` until it does not raise :class:`TransientSinkError` (or stop)."""
+        delay = self.settings.backoff_initial
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except TransientSinkError as exc:
+                attempt += 1
+                self.stats["retries"] += 1
+                self.metrics.retries.labels(self.sink.name).inc()
+                wait = exc.retry_after if exc.retry_after is not None else delay
+                wait = min(self.settings.backoff_max, wait) * random.uniform(0.8, 1.2)
+                log.warning(
+                    "event=sink_unavailable consumer=%s action=%r attempt=%d retry_in=%.1fs "
+                    "error=%s",
+                    self.sink.name,
+                    what,
+                    attempt,
+                    wait,
+                    exc,
+                )
+                delay = min(self.settings.backoff_max, delay * 2)
+                if self._sleep is not None:
+                    self._sleep(wait)
+                elif self._stop.wait(wait):
+                    return None
+
+    def _dead_letter(self, msg: Message | None, reason: str, record: Record | None) -> None:
+        log.error(
+            "event=dead_letter consumer=%s topic=%s partition=%s offset=%s reason=%s",
+            self.sink.name,
+            None if msg is None else msg.topic(),
+            None if msg is None else msg.partition(),
+            None if msg is None else msg.offset(),
+            reason,
+        )
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("error", reason.encode()),
+            ("consumer", self.sink.name.encode()),
+        ]
+        if msg is not None:
+            headers += [
+                ("original.topic", (msg.topic() or "").encode()),
+                ("original.partition", str(msg.partition()).encode()),
+                ("original.offset", str(msg.offset()).encode()),
+            ]
+            original = msg.headers() or []
+            headers += list(original.items() if isinstance(original, dict) else original)
+        key = None if msg is None else msg.key()
+        value = None if msg is None else msg.value()
+        if value is None and record is not None:
+            value = json.dumps({"kind": record.kind, "id": record.id, "delete": True}).encode()
+        self.producer.produce(
+            self.dlq_topic, key=key, value=value, headers=headers, on_delivery=self._delivered
+        )
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._delivery_errors.append(str(err))
+
+    def _flush_producer(self) -> None:
+        while self.producer.flush(5.0) > 0:
+            log.warning("event=dlq_flush_waiting consumer=%s", self.sink.name)
+        if self._delivery_errors:
+            raise SinkError(
+                f"Kafka refused dead letters ({self._delivery_errors[0]}); "
+                "the batch is not committed"
+            )
+
+    def _at_end(self) -> bool:
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return False
+        committed = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self.consumer.committed(assignment, timeout=10)
+        }
+        behind = False
+        for tp in assignment:
+            low, high = self.consumer.get_watermark_offsets(tp, cached=False, timeout=5)
+            pos = committed.get((tp.topic, tp.partition), -1)
+            lag = max(0, high - max(low, pos if pos >= 0 else low))
+            self.metrics.lag.labels(self.sink.name, tp.topic, str(tp.partition)).set(lag)
+            behind = behind or lag > 0
+        return not behind

@@ -1,0 +1,224 @@
+"""The shared consumer runtime against real Kafka, with test sinks.
+
+Retries without skipping, dead letters with the reason and the original message,
+commit only after flush, and the JSONL example consumer end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from consumers.jsonl import JsonlSink
+from consumers.runtime import ConsumerRuntime, Record, Rejected, RuntimeSettings, TransientSinkError
+from pipeline.assembler.codec import doc_key, doc_topic, headers_of
+from pipeline.assembler.documents import ProductDocument
+from pipeline.assembler.topics import document_codec
+from pipeline.kafka import TopicSpec, consumer_config, ensure_topics, producer_config
+from tests.unit.test_documents import product_data
+
+pytestmark = pytest.mark.integration
+
+
+class MemorySink:
+    """Keeps the latest record per id; can fail transiently or reject ids on purpose."""
+
+    name = "memory"
+    kinds = ("product",)
+
+    def __init__(self, fail_flushes: int = 0, reject: frozenset[int] = frozenset()) -> None:
+        self.fail_flushes = fail_flushes
+        self.reject = reject
+        self.pending: list[Record] = []
+        self.store: dict[int, Record] = {}
+        self.flushes = 0
+        self.opened = 0
+
+    def open(self) -> None:
+        self.opened += 1
+        if self.opened < 2:
+            raise TransientSinkError("target not up yet", retry_after=0.05)
+
+    def add(self, records: Sequence[Record]) -> None:
+        self.pending.extend(records)
+
+    def flush(self) -> list[Rejected]:
+        self.flushes += 1
+        if self.fail_flushes > 0:
+            self.fail_flushes -= 1
+            raise TransientSinkError("503 from the target", retry_after=0.05)
+        rejected = [Rejected(r, f"id {r.id} refused") for r in self.pending if r.id in self.reject]
+        for r in self.pending:
+            if r.id not in self.reject:
+                self.store[r.id] = r
+        self.pending = []
+        return rejected
+
+    def close(self) -> None:
+        pass
+
+
+def _product(pid: int, version: int, name: str = "A product") -> ProductDocument:
+    return ProductDocument.model_validate(
+        product_data(id=pid, name=name, version=version, source_ts_ms=version)
+    )
+
+
+def _produce(bootstrap: str, prefix: str, items: list[tuple[int, Any]]) -> None:
+    """(id, document | None | raw bytes) onto {prefix}.doc.products."""
+    codec = document_codec(bootstrap, prefix)
+    topic = doc_topic(prefix, "product")
+    ensure_topics(bootstrap, [TopicSpec(topic, 2, {"cleanup.policy": "compact"})])
+    producer = Producer(producer_config(bootstrap))
+    for pid, item in items:
+        if isinstance(item, bytes):
+            value, version = item, 0
+        elif item is None:
+            value, version = None, 99
+        else:
+            value, version = codec.encode(item), item.version
+        producer.produce(
+            topic,
+            key=doc_key(pid),
+            value=value,
+            partition=pid % 2,
+            headers=headers_of("product", version, version),
+        )
+    assert producer.flush(30) == 0
+
+
+@contextmanager
+def running(runtime: ConsumerRuntime) -> Iterator[ConsumerRuntime]:
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runtime.run(stop)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield runtime
+    finally:
+        stop.set()
+        thread.join(60)
+    if errors:
+        raise errors[0]
+
+
+def _dlq(bootstrap: str, topic: str) -> list[Any]:
+    consumer = Consumer(consumer_config(bootstrap, "test-dlq"))
+    try:
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        out = []
+        while (msg := consumer.poll(2.0)) is not None:
+            assert not msg.error(), msg.error()
+            out.append(msg)
+        return out
+    finally:
+        consumer.close()
+
+
+def test_retry_dead_letter_and_commit(kafka_bootstrap: str, topic_prefix: str) -> None:
+    items: list[tuple[int, Any]] = [(i, _product(i, 10 + i)) for i in range(1, 7)]
+    items.insert(3, (50, b"\x00not avro"))  # poison: cannot be decoded
+    items.append((2, None))  # a delete of product 2
+    _produce(kafka_bootstrap, topic_prefix, items)
+    sink = MemorySink(fail_flushes=3, reject=frozenset({5}))
+    runtime = ConsumerRuntime(
+        sink,
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        settings=RuntimeSettings(batch_size=100, poll_timeout=0.2, backoff_initial=0.01),
+    )
+    with running(runtime):
+        assert runtime.caught_up.wait(60), runtime.stats
+    assert sink.opened == 2  # waited for the target, did not crash
+    assert runtime.stats["retries"] >= 4  # 1 open + 3 flushes
+    assert sorted(sink.store) == [1, 2, 3, 4, 6]  # nothing skipped but the refused one
+    assert sink.store[2].doc is None and sink.store[2].version == 99
+    assert sink.store[6].doc is not None and sink.store[6].doc.version == 16
+    dead = _dlq(kafka_bootstrap, f"{topic_prefix}.dlq.memory")
+    reasons = sorted(dict(m.headers())["error"].decode() for m in dead)
+    assert len(reasons) == 2, reasons
+    assert reasons[0].startswith("cannot decode") and reasons[1] == "id 5 refused"
+    refused = next(m for m in dead if m.key() == b"5")
+    assert dict(refused.headers())["original.topic"] == f"{topic_prefix}.doc.products".encode()
+    assert refused.value() is not None  # the original message, as it was
+
+    # Everything was committed after the flush: a new runtime of the group reads nothing.
+    again = MemorySink()
+    rerun = ConsumerRuntime(
+        again,
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        settings=RuntimeSettings(poll_timeout=0.2, backoff_initial=0.01),
+    )
+    with running(rerun):
+        assert rerun.caught_up.wait(60)
+    assert again.store == {}
+
+
+def test_nothing_is_committed_while_the_target_is_down(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, i)) for i in range(1, 4)])
+    down = MemorySink(fail_flushes=10**9)
+    runtime = ConsumerRuntime(
+        down,
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        settings=RuntimeSettings(poll_timeout=0.2, backoff_initial=0.01, backoff_max=0.05),
+    )
+    with running(runtime):
+        deadline = time.monotonic() + 30
+        while runtime.stats["retries"] < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert down.store == {}
+    # The next run of the group gets the whole batch again.
+    up = MemorySink()
+    rerun = ConsumerRuntime(
+        up,
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        settings=RuntimeSettings(poll_timeout=0.2, backoff_initial=0.01),
+    )
+    with running(rerun):
+        assert rerun.caught_up.wait(60)
+    assert sorted(up.store) == [1, 2, 3]
+
+
+def test_jsonl_consumer(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    _produce(
+        kafka_bootstrap,
+        topic_prefix,
+        [(1, _product(1, 5)), (2, _product(2, 6)), (1, _product(1, 7, "Renamed")), (2, None)],
+    )
+    path = tmp_path / "out.jsonl"
+    sink = JsonlSink(path, kinds=("product",))
+    runtime = ConsumerRuntime(
+        sink,
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        settings=RuntimeSettings(poll_timeout=0.2),
+    )
+    with running(runtime):
+        assert runtime.caught_up.wait(60)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    latest = {}
+    for line in lines:
+        latest[line["id"]] = line
+    assert latest[1]["version"] == 7 and latest[1]["document"]["name"] == "Renamed"
+    assert latest[2].get("deleted") is True
