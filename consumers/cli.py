@@ -40,6 +40,23 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(handler=_consume)
 
+    q = sub.add_parser(
+        "search",
+        help="query the product search index (the live alias) and show hits and facets",
+        description="Full-text search over name, brand, description, reference and SKUs on "
+        "{prefix}-products, with brand, category and price filters; prints hits and the "
+        "brand, category and price facets.",
+    )
+    q.add_argument("query", nargs="?", default="", help="words to search for (empty: everything)")
+    q.add_argument("--brand", help="only this brand (exact name)")
+    q.add_argument("--category", help="only this category (exact name)")
+    q.add_argument("--price", metavar="MIN..MAX", help="price range, e.g. 10..50, 100.., ..20")
+    q.add_argument("--size", type=int, default=10, help="hits to show (default 10)")
+    q.add_argument("--inactive", action="store_true", help="include inactive products")
+    q.add_argument("--index-prefix", help="index prefix (default: the topic prefix)")
+    q.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    q.set_defaults(handler=_search)
+
 
 def _consume(args: argparse.Namespace) -> int:
     from consumers.registry import SinkContext, available, load
@@ -86,4 +103,37 @@ def _consume(args: argparse.Namespace) -> int:
 
         threading.Thread(target=watch, name="idle-watch", daemon=True).start()
     runtime.run(stop)
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    import json
+
+    from elasticsearch import Elasticsearch
+
+    from consumers.search.query import parse_price, search
+    from pipeline.settings import load_connections
+
+    conns = load_connections()
+    es = Elasticsearch(conns.require("elasticsearch_url"), request_timeout=30)
+    result = search(
+        es,
+        args.index_prefix or conns.topic_prefix,
+        args.query,
+        brand=args.brand,
+        category=args.category,
+        price=parse_price(args.price) if args.price else None,
+        size=args.size,
+        include_inactive=args.inactive,
+    )
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, default=str))
+        return 0
+    print(f"{result['total']} products match")
+    for hit in result["hits"]:
+        brand = (hit.get("brand") or {}).get("name") or "-"
+        print(f"  {hit['id']:>7}  {hit['price']:>9}  {brand[:18]:<18}  {hit['name'][:60]}")
+    for name, buckets in result["facets"].items():
+        shown = ", ".join(f"{b['key']} ({b['count']})" for b in buckets if b["count"])
+        print(f"{name}: {shown or '-'}")
     return 0

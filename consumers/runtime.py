@@ -194,6 +194,9 @@ class ConsumerRuntime:
             start_http_server(
                 self.settings.metrics_port, addr="127.0.0.1", registry=self.metrics.registry
             )
+        self._wait_for_topics(topics, stop)
+        if stop.is_set():
+            return
         self.consumer.subscribe(topics)
         log.info("event=consumer_started consumer=%s group=%s topics=%s", self.sink.name,
                  self.group, ",".join(topics))  # fmt: skip
@@ -208,6 +211,24 @@ class ConsumerRuntime:
                 self.sink.name,
                 " ".join(f"{k}={v}" for k, v in self.stats.items()),
             )
+
+    def _wait_for_topics(self, topics: list[str], stop: threading.Event) -> None:
+        """Until the document topics exist (the assembler creates them), saying so."""
+        said = 0.0
+        while not stop.is_set():
+            meta = self.consumer.list_topics(timeout=10).topics
+            missing = [t for t in topics if t not in meta or not meta[t].partitions]
+            if not missing:
+                return
+            if time.monotonic() - said > 10:
+                log.info(
+                    "event=waiting_for_document_topics consumer=%s missing=%s hint=%s",
+                    self.sink.name,
+                    ",".join(missing),
+                    "start `catalog-cdc assembler` (it creates them)",
+                )
+                said = time.monotonic()
+            stop.wait(0.5)
 
     # -- the loop -------------------------------------------------------------------------
 

@@ -1,0 +1,202 @@
+"""The search sink: product documents -> the Elasticsearch index behind ``{prefix}-products``.
+
+Guarantees (with :mod:`consumers.runtime`: at-least-once delivery, commit after flush):
+
+* **Idempotent, ordered.** Every write uses external versioning with the document
+  ``version``: an equal or older version is a no-op (409, counted as success), so a
+  redelivered batch changes nothing. A delete (tombstone) deletes with its version;
+  a delete of a missing document is a success.
+* **Only what changed is written.** A document whose content hash equals the one this
+  sink last wrote for that id is not sent (the local Elasticsearch-API server
+  overwrites a few hundred documents a second); the writes saved are counted.
+* **Retries never skip.** Bulk requests are cut by count and by bytes; connection
+  errors, timeouts, 429 and 5xx (of the request or of single items) raise
+  :class:`~consumers.runtime.TransientSinkError`, keeping exactly the items still to
+  write; the runtime retries with capped exponential backoff.
+* **Poison goes to the DLQ.** An item Elasticsearch refuses for good (a mapping
+  error, 400) is returned as :class:`~consumers.runtime.Rejected` with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
+
+from consumers.registry import SinkContext
+from consumers.runtime import Record, Rejected, TransientSinkError
+from consumers.search import mapping
+from pipeline.assembler.documents import ProductDocument
+from pipeline.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SearchSink"]
+
+MAX_ACTIONS = 500
+MAX_BYTES = 5 * 1024 * 1024
+
+
+@dataclass
+class _Op:
+    record: Record
+    body: dict[str, Any] | None  # None: delete
+    digest: str | None
+
+
+class SearchSink:
+    """Implements :class:`~consumers.runtime.Sink` for Elasticsearch."""
+
+    name = "search"
+    kinds = ("product",)
+
+    def __init__(self, es: Elasticsearch, index_prefix: str) -> None:
+        self.es = es
+        self.prefix = index_prefix
+        self.alias = mapping.alias(index_prefix)
+        self._pending: dict[int, _Op] = {}
+        self._written: dict[int, str] = {}  # id -> content hash of the last write
+        self.stats = {"indexed": 0, "deleted": 0, "noop": 0, "skipped_unchanged": 0}
+
+    @classmethod
+    def from_context(cls, context: SinkContext) -> SearchSink:
+        url = context.options.get("url") or context.connections.elasticsearch_url
+        if not url:
+            raise ConfigurationError(
+                "no Elasticsearch URL: set CATALOG_CDC_ELASTICSEARCH_URL or --option url=..."
+            )
+        prefix = context.options.get("index_prefix") or context.connections.topic_prefix
+        return cls(Elasticsearch(url, request_timeout=30), prefix)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Check Elasticsearch answers; create the template and the first generation."""
+        try:
+            self.es.info()
+            self.es.indices.put_index_template(name=self.alias, **mapping.template(self.prefix))
+            if not self.es.indices.exists_alias(name=self.alias):
+                index = mapping.generation(self.prefix, 1)
+                if not self.es.indices.exists(index=index):
+                    self.es.indices.create(index=index)
+                self.es.indices.put_alias(index=index, name=self.alias)
+                log.info("event=search_index_created index=%s alias=%s", index, self.alias)
+        except (ConnectionError, ConnectionTimeout) as exc:
+            raise TransientSinkError(f"Elasticsearch is not available: {exc}") from exc
+        except ApiError as exc:
+            if exc.meta.status in (429, 502, 503, 504):
+                raise TransientSinkError(f"Elasticsearch answered {exc.meta.status}") from exc
+            raise
+
+    def close(self) -> None:
+        self.es.close()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def add(self, records: Sequence[Record]) -> None:
+        for r in records:
+            if r.doc is None:
+                self._pending[r.id] = _Op(r, None, None)
+                continue
+            assert isinstance(r.doc, ProductDocument)
+            body = mapping.body(r.doc)
+            content = {k: v for k, v in body.items() if k != "version"}
+            digest = hashlib.sha1(
+                json.dumps(content, sort_keys=True, default=str).encode()
+            ).hexdigest()
+            body["content_hash"] = digest
+            self._pending[r.id] = _Op(r, body, digest)  # the last record of an id wins
+
+    def flush(self) -> list[Rejected]:
+        rejected: list[Rejected] = []
+        ops = []
+        for doc_id, op in self._pending.items():
+            if op.digest is not None and self._written.get(doc_id) == op.digest:
+                self.stats["skipped_unchanged"] += 1
+                continue
+            ops.append(op)
+        retry: dict[int, _Op] = {}
+        for chunk in _chunks(ops):
+            retry.update(self._bulk(chunk, rejected))
+        self._pending = retry
+        if retry:
+            raise TransientSinkError(f"{len(retry)} writes to retry (429/5xx/unavailable)")
+        return rejected
+
+    def _bulk(self, ops: list[_Op], rejected: list[Rejected]) -> dict[int, _Op]:
+        """Send one bulk request; return the ops to retry."""
+        operations: list[dict[str, Any]] = []
+        for op in ops:
+            meta = {
+                "_index": self.alias,
+                "_id": str(op.record.id),
+                "version": op.record.version,
+                "version_type": "external",
+            }
+            if op.body is None:
+                operations.append({"delete": meta})
+            else:
+                operations.append({"index": meta})
+                operations.append(op.body)
+        try:
+            response = self.es.bulk(operations=operations, refresh=False)
+        except (ConnectionError, ConnectionTimeout) as exc:
+            log.warning("event=search_unavailable error=%s", exc)
+            return {op.record.id: op for op in ops}
+        except ApiError as exc:
+            if exc.meta.status == 429 or exc.meta.status >= 500:
+                log.warning("event=search_bulk_refused status=%s", exc.meta.status)
+                return {op.record.id: op for op in ops}
+            raise
+        retry: dict[int, _Op] = {}
+        for op, item in zip(ops, response["items"], strict=True):
+            action, result = next(iter(item.items()))
+            status = int(result.get("status", 500))
+            doc_id = op.record.id
+            if status in (200, 201) or (action == "delete" and status == 404):
+                if op.body is None:
+                    self._written.pop(doc_id, None)
+                    self.stats["deleted"] += 1
+                else:
+                    assert op.digest is not None
+                    self._written[doc_id] = op.digest
+                    self.stats["indexed"] += 1
+            elif status == 409:  # an equal or newer version is there: nothing to do
+                self.stats["noop"] += 1
+            elif status == 429 or status >= 500:
+                retry[doc_id] = op
+            else:
+                reason = json.dumps(result.get("error"), default=str)[:2000]
+                rejected.append(
+                    Rejected(op.record, f"Elasticsearch refused it ({status}): {reason}")
+                )
+        return retry
+
+
+def _chunks(ops: list[_Op]) -> list[list[_Op]]:
+    """Cut by count and by (approximate) bytes."""
+    out: list[list[_Op]] = []
+    current: list[_Op] = []
+    size = 0
+    for op in ops:
+        n = 200 + (len(json.dumps(op.body, default=str)) if op.body is not None else 0)
+        if current and (len(current) >= MAX_ACTIONS or size + n > MAX_BYTES):
+            out.append(current)
+            current, size = [], 0
+        current.append(op)
+        size += n
+    if current:
+        out.append(current)
+    return out
+
+
+def delete_index(es: Elasticsearch, prefix: str) -> None:
+    """Delete every generation of the product index (tests, tooling)."""
+    with contextlib.suppress(NotFoundError):
+        es.indices.delete(index=f"{prefix}-products-*")
