@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,11 +17,13 @@ from elasticsearch import Elasticsearch
 from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from consumers.search.query import search
 from consumers.search.sink import SearchSink
+from pipeline.assembler.documents import ProductDocument
 from pipeline.assembler.reference import expected_documents
 from pipeline.demo.seed import seed_catalog
 from tests.integration.assembler_support import running_assembler, wait_in_sync
 from tests.integration.reader_support import running_reader, wait_for
-from tests.integration.test_consumer_runtime import _produce, _product, running
+from tests.integration.test_consumer_runtime import _dlq, _produce, _product, running
+from tests.unit.test_documents import product_data
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +121,103 @@ def test_index_follows_the_database(
     sink = runtime.sink
     assert isinstance(sink, SearchSink)
     assert sink.stats["indexed"] >= 38 and sink.stats["deleted"] >= 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def own_elasticsearch(
+    data_dir: Path,
+) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """A private Elasticsearch-API server (noida-db, ES only), so that stopping it does
+    not stop the stack's Kafka: yields (url, stop, start)."""
+    import noida_db
+
+    exe = str(Path(noida_db.__file__).parent / "noida-db")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [exe, "start", "--only", "elasticsearch", "--host", "127.0.0.1",
+            "--elasticsearch-port", str(port), "--data-dir", str(data_dir)]  # fmt: skip
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_for(lambda: _answers(url), 30, "the Elasticsearch-API server")
+
+    def stop() -> None:
+        proc = procs.pop()
+        proc.terminate()
+        proc.wait(30)
+
+    start()
+    try:
+        yield url, stop, start
+    finally:
+        while procs:
+            stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(Elasticsearch(url, request_timeout=2).info())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def test_elasticsearch_down_for_a_while_loses_nothing(
+    kafka_bootstrap: str, topic_prefix: str, index_prefix: str, tmp_path: Path
+) -> None:
+    with own_elasticsearch(tmp_path / "es") as (url, stop_es, start_es):
+        runtime = ConsumerRuntime(
+            SearchSink(Elasticsearch(url, request_timeout=5), index_prefix),
+            bootstrap=kafka_bootstrap,
+            topic_prefix=topic_prefix,
+            settings=RuntimeSettings(poll_timeout=0.2, backoff_initial=0.2, backoff_max=2.0),
+        )
+        _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, i)) for i in range(1, 21)])
+        with running(runtime):
+            assert runtime.caught_up.wait(60)
+            stop_es()
+            _produce(
+                kafka_bootstrap,
+                topic_prefix,
+                [(i, _product(i, 100 + i, "while down")) for i in range(1, 41)],
+            )
+            time.sleep(8)  # the runtime retries, commits nothing
+            assert runtime.stats["retries"] > 0
+            start_es()
+            wait_for(lambda: runtime.caught_up.is_set(), 90, "the consumer to catch up")
+        docs = _get(Elasticsearch(url), index_prefix, list(range(1, 41)))
+        assert sorted(docs) == list(range(1, 41))
+        assert all(d["_source"]["name"] == "while down" for d in docs.values())
+        assert all(d["_version"] == 100 + i for i, d in docs.items())
+
+
+def test_a_refused_document_is_dead_lettered_and_the_rest_indexed(
+    es_url: str, kafka_bootstrap: str, topic_prefix: str, index_prefix: str
+) -> None:
+    # Two variants at the integer maximum: a valid document whose total_quantity is
+    # beyond the mapping's integer range, which Elasticsearch refuses.
+    big = 2**31 - 1
+    variants = [
+        {"sku": f"BIG-{i}", "price": Decimal("1.00"), "quantity": big, "attributes": {}}
+        for i in range(2)
+    ]
+    huge = ProductDocument.model_validate(
+        product_data(id=7, version=3, source_ts_ms=3, variants=variants, total_quantity=2 * big)
+    )
+    _produce(kafka_bootstrap, topic_prefix, [(6, _product(6, 2)), (7, huge), (8, _product(8, 4))])
+    runtime = _runtime(es_url, kafka_bootstrap, topic_prefix, index_prefix)
+    with running(runtime):
+        assert runtime.caught_up.wait(60)
+    docs = _get(Elasticsearch(es_url), index_prefix, [6, 7, 8])
+    assert sorted(docs) == [6, 8]
+    dead = _dlq(kafka_bootstrap, f"{topic_prefix}.dlq.search")
+    assert [m.key() for m in dead] == [b"7"]
+    assert "Elasticsearch refused it (400)" in dict(dead[0].headers())["error"].decode()
