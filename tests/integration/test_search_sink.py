@@ -68,6 +68,22 @@ def test_versions_deletes_and_redelivery(
     assert docs[3]["_source"]["name"] == "newer" and docs[3]["_version"] == 31
     assert es.indices.get_alias(name=f"{index_prefix}-products")  # the alias -> a generation
 
+    # Redelivering everything (another group, from the beginning) changes nothing.
+    replay = ConsumerRuntime(
+        SearchSink(Elasticsearch(es_url), index_prefix),
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        settings=RuntimeSettings(poll_timeout=0.2, group=f"{topic_prefix}-replay"),
+    )
+    with running(replay):
+        assert replay.caught_up.wait(60)
+    sink = replay.sink
+    assert isinstance(sink, SearchSink)
+    assert sink.stats["indexed"] == 0, sink.stats  # ids 1 and 3: 409; id 2: already gone
+    assert sink.stats["noop"] == 2 and sink.stats["deleted"] == 1, sink.stats
+    assert _get(es, index_prefix, [1, 2, 3]).keys() == docs.keys()
+    assert {i: d["_version"] for i, d in _get(es, index_prefix, [1, 3]).items()} == {1: 10, 3: 31}
+
 
 def test_index_follows_the_database(
     catalog_dsn: str,
