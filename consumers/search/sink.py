@@ -198,5 +198,7 @@ def _chunks(ops: list[_Op]) -> list[list[_Op]]:
 
 def delete_index(es: Elasticsearch, prefix: str) -> None:
     """Delete every generation of the product index (tests, tooling)."""
-    with contextlib.suppress(NotFoundError):
-        es.indices.delete(index=f"{prefix}-products-*")
+    names = [n for n in es.indices.get(index=f"{prefix}-products-*") if n.startswith(prefix)]
+    for name in names:
+        with contextlib.suppress(NotFoundError):
+            es.indices.delete(index=name)
