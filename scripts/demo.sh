@@ -8,6 +8,7 @@ CLI=.venv/bin/catalog-cdc
 PRODUCTS=${DEMO_PRODUCTS:-2000}
 log=.stack/demo-reader.log
 alog=.stack/demo-assembler.log
+slog=.stack/demo-search.log
 
 step() { printf '\n== %s ==\n' "$*"; }
 
@@ -21,7 +22,8 @@ step "starting the reader (log: $log)"
 $CLI reader >>"$log" 2>&1 &
 reader=$!
 assembler=
-trap 'kill -TERM $reader $assembler 2>/dev/null || true' EXIT
+search=
+trap 'kill -TERM $reader $assembler $search 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do
     grep -q replication_started "$log" && break
     kill -0 $reader 2>/dev/null || { tail -20 "$log"; echo "reader failed" >&2; exit 1; }
@@ -40,6 +42,11 @@ for _ in $(seq 1 900); do
 done
 grep -E "event=(catch_up_done|partitions_assigned)" "$alog" | tail -1 | cut -c1-200 | sed 's/^/  /'
 
+step "starting the search consumer (log: $slog)"
+: > "$slog"
+$CLI consume search >>"$slog" 2>&1 &
+search=$!
+
 step "applying live edits for 5 s"
 $CLI demo edits --rate 40 --duration 5
 sleep 1  # the reader delivers the last edits within milliseconds
@@ -57,6 +64,13 @@ for _ in $(seq 1 600); do  # until the assembler says it caught up after the edi
     sleep 0.2
 done
 
+for _ in $(seq 1 600); do  # and the search consumer after the assembler
+    last=$(grep -E "event=caught_up" "$slog" | tail -1 | sed -E 's/^ts=([^ ]+).*/\1/' || true)
+    [[ -n "$last" && "$last" > "$mark" ]] && break
+    kill -0 $search 2>/dev/null || { tail -20 "$slog"; echo "search consumer failed" >&2; exit 1; }
+    sleep 0.2
+done
+
 step "product and category documents (via catalog-cdc documents)"
 $CLI documents products --no-tombstones > .stack/demo-products.jsonl
 $CLI documents categories --no-tombstones > .stack/demo-categories.jsonl
@@ -64,12 +78,17 @@ echo "  $(wc -l < .stack/demo-products.jsonl) product documents, $(wc -l < .stac
 tail -n 1 .stack/demo-products.jsonl | cut -c1-600
 tail -n 1 .stack/demo-categories.jsonl | cut -c1-300
 
-kill -TERM $reader $assembler
+step "search: \"wireless\" under 100 (via catalog-cdc search)"
+$CLI search wireless --price ..100 --size 5
+
+kill -TERM $reader $assembler $search
 wait $reader || true
 wait $assembler || true
+wait $search || true
 trap - EXIT
 grep -E "event=stopped" "$log" | tail -1 | sed 's/^/  reader: /'
 grep -E "event=assembler_stopped" "$alog" | tail -1 | cut -c1-200 | sed 's/^/  assembler: /'
+grep -E "event=consumer_stopped" "$slog" | tail -1 | cut -c1-200 | sed 's/^/  search: /'
 
 step "row counts (catalog database)"
 $CLI demo counts
