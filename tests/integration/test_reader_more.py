@@ -128,9 +128,15 @@ def test_incremental_resnapshot_while_streaming(
                 "INSERT INTO catalog_cdc_signal (id, type, data) VALUES (%s, 'execute-snapshot', %s)",
                 ("resnap-1", Jsonb({"tables": ["public.products", "product_variants"]})),
             )
+        # Started: a window is open, or chunks were already read (a fast reader can run
+        # the whole re-snapshot between two looks).
         wait_for(
             lambda: (
-                reader.incremental is not None and reader.incremental.confirm_ceiling is not None
+                reader.incremental is not None
+                and (
+                    reader.incremental.confirm_ceiling is not None
+                    or reader.metrics.snapshot_rows._value.get() > 0
+                )
             ),
             30,
             "re-snapshot to start",
