@@ -59,12 +59,35 @@ def main() -> int:
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite RESULTS.md from bench/out/ only"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["reader", "assembler", "search"],
+        help="run only these benchmarks (repeatable); the others are rendered from bench/out/",
+    )
     args = parser.parse_args()
+    only = set(args.only or ["reader", "assembler", "search"])
     rows, rounds, big = (50_000, 1, 200_000) if args.quick else (200_000, 3, 1_000_000)
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
     reader_json = out_dir / "reader.json"
-    if not args.render_only:
+    assembler_json = out_dir / "assembler.json"
+    search_json = out_dir / "search.json"
+    if not args.render_only and "assembler" in only:
+        products, arounds = (2_000, 1) if args.quick else (10_000, 3)
+        subprocess.run(
+            [sys.executable, str(HERE / "assembler_bench.py"), "--products", str(products),
+             "--rounds", str(arounds), "--json", str(assembler_json)],
+            check=True,
+        )  # fmt: skip
+    if not args.render_only and "search" in only:
+        docs, overwrites, srounds = (1_000, 200, 1) if args.quick else (5_000, 1_000, 3)
+        subprocess.run(
+            [sys.executable, str(HERE / "search_bench.py"), "--products", str(docs),
+             "--overwrites", str(overwrites), "--rounds", str(srounds), "--json", str(search_json)],
+            check=True,
+        )  # fmt: skip
+    if not args.render_only and "reader" in only:
         subprocess.run(
             [sys.executable, str(HERE / "reader_bench.py"), "--rows", str(rows), "--rounds", str(rounds),
              "--big-rows", str(big), "--json", str(reader_json)],
@@ -189,6 +212,14 @@ def main() -> int:
         "`READER_BENCH_PROFILE=/tmp/reader.prof python bench/reader_bench.py --rounds 1`.",
         "",
     ]
+    sys.path.insert(0, str(HERE))
+    import assembler_report
+    import search_report
+
+    if assembler_json.exists():
+        lines += assembler_report.render(json.loads(assembler_json.read_text()))
+    if search_json.exists():
+        lines += search_report.render(json.loads(search_json.read_text()))
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print((HERE / "RESULTS.md").read_text())
     return 0
