@@ -54,6 +54,11 @@ def register(sub: Any) -> None:
     q.add_argument("--size", type=int, default=10, help="hits to show (default 10)")
     q.add_argument("--inactive", action="store_true", help="include inactive products")
     q.add_argument("--index-prefix", help="index prefix (default: the topic prefix)")
+    q.add_argument(
+        "--refresh",
+        action="store_true",
+        help="refresh the index first, so that the newest writes are searchable (scripts)",
+    )
     q.add_argument("--json", action="store_true", help="one JSON object on stdout")
     q.set_defaults(handler=_search)
 
@@ -116,9 +121,14 @@ def _search(args: argparse.Namespace) -> int:
 
     conns = load_connections()
     es = Elasticsearch(conns.require("elasticsearch_url"), request_timeout=30)
+    prefix = args.index_prefix or conns.topic_prefix
+    if args.refresh:
+        from consumers.search.mapping import alias
+
+        es.indices.refresh(index=alias(prefix))
     result = search(
         es,
-        args.index_prefix or conns.topic_prefix,
+        prefix,
         args.query,
         brand=args.brand,
         category=args.category,
@@ -132,7 +142,9 @@ def _search(args: argparse.Namespace) -> int:
     print(f"{result['total']} products match")
     for hit in result["hits"]:
         brand = (hit.get("brand") or {}).get("name") or "-"
-        print(f"  {hit['id']:>7}  {hit['price']:>9}  {brand[:18]:<18}  {hit['name'][:60]}")
+        print(
+            f"  {hit['id']:>7}  {float(hit['price']):>9.2f}  {brand[:18]:<18}  {hit['name'][:60]}"
+        )
     for name, buckets in result["facets"].items():
         shown = ", ".join(f"{b['key']} ({b['count']})" for b in buckets if b["count"])
         print(f"{name}: {shown or '-'}")

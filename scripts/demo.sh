@@ -78,8 +78,8 @@ echo "  $(wc -l < .stack/demo-products.jsonl) product documents, $(wc -l < .stac
 tail -n 1 .stack/demo-products.jsonl | cut -c1-600
 tail -n 1 .stack/demo-categories.jsonl | cut -c1-300
 
-step "search: \"wireless\" under 100 (via catalog-cdc search)"
-$CLI search wireless --price ..100 --size 5
+step "search: \"headphones\" up to 200 (via catalog-cdc search)"
+$CLI search headphones --price ..200 --size 5 --refresh
 
 kill -TERM $reader $assembler $search
 wait $reader || true

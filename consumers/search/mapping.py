@@ -91,8 +91,10 @@ def body(doc: ProductDocument) -> dict[str, Any]:
         "name": doc.name,
         "description": doc.description,
         "url_key": doc.url_key,
-        "price": str(doc.price),
-        "list_price": None if doc.list_price is None else str(doc.list_price),
+        # Numbers, not decimal strings: range queries and aggregations need them (the
+        # local server does not coerce strings), and scaled_float keeps cents exact.
+        "price": float(doc.price),
+        "list_price": None if doc.list_price is None else float(doc.list_price),
         "on_sale": doc.list_price is not None and doc.list_price > doc.price,
         "active": doc.active,
         "brand": None if doc.brand is None else {"id": doc.brand.id, "name": doc.brand.name},
@@ -106,7 +108,7 @@ def body(doc: ProductDocument) -> dict[str, Any]:
         "variants": [
             {
                 "sku": v.sku,
-                "price": str(v.price),
+                "price": float(v.price),
                 "quantity": v.quantity,
                 "attributes": [f"{k}={val}" for k, val in sorted(v.attributes.items())],
             }

@@ -63,7 +63,7 @@ def search(
     if category:
         filters.append({"term": {"categories.name": category}})
     if price is not None:
-        bounds = {k: str(v) for k, v in zip(("gte", "lte"), price, strict=True) if v is not None}
+        bounds = {k: float(v) for k, v in zip(("gte", "lte"), price, strict=True) if v is not None}
         filters.append({"range": {"price": bounds}})
     response = es.search(
         index=mapping.alias(index_prefix),

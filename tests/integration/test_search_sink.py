@@ -148,8 +148,15 @@ def test_index_follows_the_database(
         branded = search(es, index_prefix, "", brand="Brand X", size=100)
         assert branded["hits"] and all(h["brand"]["name"] == "Brand X" for h in branded["hits"])
         assert [b["key"] for b in branded["facets"]["brands"]] == ["Brand X"]
-        cheap = search(es, index_prefix, "", price=(None, Decimal("20")), size=100)
-        assert all(Decimal(h["price"]) <= 20 for h in cheap["hits"])
+        with psycopg.connect(catalog_dsn) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM products WHERE deleted_at IS NULL AND active AND price <= 50"
+            ).fetchone()
+        assert row is not None and row[0] > 0
+        cheap = search(es, index_prefix, "", price=(None, Decimal("50")), size=100)
+        assert cheap["total"] == row[0], cheap["total"]
+        assert all(h["price"] <= 50 for h in cheap["hits"])
+        assert sum(b["count"] for b in search(es, index_prefix, "")["facets"]["prices"]) > 0
     sink = runtime.sink
     assert isinstance(sink, SearchSink)
     assert sink.stats["indexed"] >= 38 and sink.stats["deleted"] >= 2, sink.stats
