@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from typing import Any
 
 
@@ -67,6 +65,7 @@ def _consume(args: argparse.Namespace) -> int:
     from consumers.registry import SinkContext, available, load
     from consumers.runtime import ConsumerRuntime, RuntimeSettings
     from pipeline.errors import ConfigurationError
+    from pipeline.lifecycle import exit_when_idle, stop_event
     from pipeline.settings import load_connections
 
     if args.list or not args.name:
@@ -79,13 +78,7 @@ def _consume(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise ConfigurationError(f"--option {item!r}: expected KEY=VALUE")
         options[key] = value
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event()
     conns = load_connections()
     sink = load(args.name)(SinkContext(conns, options))
     runtime = ConsumerRuntime(
@@ -98,15 +91,7 @@ def _consume(args: argparse.Namespace) -> int:
         schema_registry_url=conns.schema_registry_url,
     )
     if args.exit_when_idle is not None:
-        idle = float(args.exit_when_idle)
-
-        def watch() -> None:
-            while not stop.is_set():
-                caught_up = runtime.caught_up.wait(0.5) and not stop.wait(idle)
-                if caught_up and runtime.caught_up.is_set():
-                    stop.set()
-
-        threading.Thread(target=watch, name="idle-watch", daemon=True).start()
+        exit_when_idle(stop, runtime.caught_up, float(args.exit_when_idle))
     runtime.run(stop)
     return 0
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +52,9 @@ def register(sub: Any) -> None:
 
 
 def _assembler(args: argparse.Namespace) -> int:
-    stop = threading.Event()
+    from pipeline.lifecycle import exit_when_idle, stop_event
 
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event()  # first: a SIGTERM during start-up also ends in a clean stop
 
     from pipeline.assembler.service import Assembler
     from pipeline.assembler.settings import AssemblerSettings
@@ -83,15 +77,7 @@ def _assembler(args: argparse.Namespace) -> int:
         schema_registry_url=conns.schema_registry_url,
     )
     if args.exit_when_idle is not None:
-        idle = float(args.exit_when_idle)
-
-        def watch() -> None:
-            while not stop.is_set():
-                caught_up = assembler.caught_up.wait(0.5) and not stop.wait(idle)
-                if caught_up and assembler.caught_up.is_set():
-                    stop.set()
-
-        threading.Thread(target=watch, name="idle-watch", daemon=True).start()
+        exit_when_idle(stop, assembler.caught_up, float(args.exit_when_idle))
     assembler.run(stop, rebuild=args.rebuild)
     return 0
 

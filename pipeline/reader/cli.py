@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from typing import Any
 
 
@@ -60,14 +58,10 @@ def register(sub: Any) -> None:
 
 
 def _reader(args: argparse.Namespace) -> int:
+    from pipeline.lifecycle import stop_event
+
     # Handlers first: a SIGTERM during start-up must also end in a clean stop.
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event()
 
     from pipeline.reader.service import Reader
     from pipeline.reader.settings import ReaderSettings

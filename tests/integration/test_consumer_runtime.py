@@ -222,3 +222,36 @@ def test_jsonl_consumer(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path)
         latest[line["id"]] = line
     assert latest[1]["version"] == 7 and latest[1]["document"]["name"] == "Renamed"
     assert latest[2].get("deleted") is True
+
+
+def test_consume_command_catches_up_and_exits(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """`catalog-cdc consume jsonl --exit-when-idle`: found through its entry point, it
+    writes every record, then exits 0 by itself."""
+    import os
+    import subprocess
+
+    from tests.integration.reader_support import CLI
+
+    _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, i)) for i in range(1, 6)])
+    out = tmp_path / "docs.jsonl"
+    env = {
+        **os.environ,
+        "CATALOG_CDC_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CATALOG_CDC_TOPIC_PREFIX": topic_prefix,
+    }
+    done = subprocess.run(
+        [CLI, "consume", "jsonl", "--option", f"path={out}", "--option", "kinds=product",
+         "--exit-when-idle", "1"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    assert "event=caught_up consumer=jsonl" in done.stderr
