@@ -38,7 +38,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from reader_bench import _cpu_s, _vm_hwm_kb, _with_db  # the same /proc and DSN helpers
 
 from pipeline.assembler.reference import expected_documents
 from pipeline.demo.catalog import load_schema
@@ -52,22 +52,8 @@ CLI = str(Path(sys.executable).parent / "catalog-cdc")
 PROFILE = os.environ.get("ASSEMBLER_BENCH_PROFILE")  # write a cProfile of the assembler here
 
 
-def _with_db(dsn: str, db: str) -> str:
-    params = conninfo_to_dict(dsn)
-    params["dbname"] = db
-    return make_conninfo(**params)  # type: ignore[arg-type]
-
-
 def _vm_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _vm_hwm_kb(pid) / 1024
 
 
 class _EndOffsets:

@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from elasticsearch import Elasticsearch, NotFoundError, helpers
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from reader_bench import _with_db
 
 from consumers.search import mapping
 from consumers.search.sink import SearchSink, delete_index
@@ -38,12 +38,6 @@ from pipeline.assembler.documents import ProductDocument
 from pipeline.assembler.reference import expected_documents
 from pipeline.demo.seed import seed_catalog
 from pipeline.settings import load_connections
-
-
-def _with_db(dsn: str, db: str) -> str:
-    params = conninfo_to_dict(dsn)
-    params["dbname"] = db
-    return make_conninfo(**params)  # type: ignore[arg-type]
 
 
 def _documents(admin_dsn: str, products: int) -> list[ProductDocument]:
