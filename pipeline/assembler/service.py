@@ -179,7 +179,7 @@ class Assembler:
                 "co-partitioned by product id; recreate them with the same count"
             )
         self.partitions = owned_counts.pop()
-        ensure_topics(
+        outputs = ensure_topics(
             self.bootstrap,
             [
                 TopicSpec(doc_topic(self.prefix, "product"), self.settings.doc_partitions, COMPACT),
@@ -190,17 +190,12 @@ class Assembler:
                 TopicSpec(self.dlq_topic, 1),
             ],
         )
+        # ensure_topics gives the partition count of every topic, existing ones included.
         self.doc_partitions = {
-            kind: n
-            for kind, n in zip(
-                ("product", "category"),
-                self._partition_counts(
-                    [doc_topic(self.prefix, k) for k in ("product", "category")]
-                ),
-                strict=True,
-            )
+            k: outputs[doc_topic(self.prefix, k)] for k in ("product", "category")
         }
-        self.counts_partitions = self._partition_counts([self.counts_topic])[0]
+        self.counts_partitions = outputs[self.counts_topic]
+        self._input_partitions = {**counts, self.counts_topic: self.counts_partitions}
         state = AssemblerState(self.state_path)
         known = state.meta("partitions")
         if known is not None and int(known) != self.partitions:
@@ -278,16 +273,6 @@ class Assembler:
                 path.unlink()
         log.info("event=state_wiped path=%s", self.state_path)
 
-    def _partition_counts(self, topics: list[str]) -> list[int]:
-        meta = self.producer_meta(topics)
-        return [len(meta[t].partitions) for t in topics]
-
-    def producer_meta(self, topics: list[str]) -> dict[str, Any]:
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        return {t: admin.list_topics(t, timeout=10).topics[t] for t in topics}
-
     def _doc_codec(self) -> DocumentCodec:
         if self.registry_url:
             from pipeline.codec.registry import ConfluentRegistryCodec
@@ -304,10 +289,9 @@ class Assembler:
 
     def _assign_globals(self) -> None:
         topics = [self.raw_topic(t) for t in GLOBAL_TABLES] + [self.counts_topic]
-        meta = self.producer_meta(topics)
         tps = []
         for topic in topics:
-            for p in sorted(meta[topic].partitions):
+            for p in range(self._input_partitions[topic]):
                 self._target(self.globals, topic, p)
                 tps.append(
                     TopicPartition(topic, p, self._positions.get((topic, p), OFFSET_BEGINNING))
