@@ -30,7 +30,7 @@ from typing import Any
 from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
 
 from consumers.registry import SinkContext
-from consumers.runtime import Record, Rejected, TransientSinkError
+from consumers.runtime import Record, Rejected, SinkError, TransientSinkError
 from consumers.search import mapping
 from pipeline.assembler.documents import ProductDocument
 from pipeline.errors import ConfigurationError
@@ -92,7 +92,7 @@ class SearchSink:
         except ApiError as exc:
             if exc.meta.status in (429, 502, 503, 504):
                 raise TransientSinkError(f"Elasticsearch answered {exc.meta.status}") from exc
-            raise
+            raise _refused(exc) from exc
 
     def close(self) -> None:
         self.es.close()
@@ -153,7 +153,7 @@ class SearchSink:
             if exc.meta.status == 429 or exc.meta.status >= 500:
                 log.warning("event=search_bulk_refused status=%s", exc.meta.status)
                 return {op.record.id: op for op in ops}
-            raise
+            raise _refused(exc) from exc
         retry: dict[int, _Op] = {}
         for op, item in zip(ops, response["items"], strict=True):
             action, result = next(iter(item.items()))
@@ -177,6 +177,18 @@ class SearchSink:
                     Rejected(op.record, f"Elasticsearch refused it ({status}): {reason}")
                 )
         return retry
+
+
+def _refused(exc: ApiError) -> SinkError:
+    """A request Elasticsearch refuses as a whole (bad credentials, no permission...):
+    the consumer stops with this message; nothing of the batch is committed."""
+    status = exc.meta.status
+    hint = (
+        "check the credentials in CATALOG_CDC_ELASTICSEARCH_URL (or --option url=...)"
+        if status in (401, 403)
+        else "see the error"
+    )
+    return SinkError(f"Elasticsearch refused the request ({status}: {exc.message}); {hint}")
 
 
 def _chunks(ops: list[_Op]) -> list[list[_Op]]:
