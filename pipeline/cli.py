@@ -22,6 +22,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     from consumers import cli as consumers_cli
+    from pipeline import contract_servers
     from pipeline.assembler import cli as assembler_cli
     from pipeline.demo import cli as demo_cli
     from pipeline.reader import cli as reader_cli
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     reader_cli.register(sub)
     assembler_cli.register(sub)
     consumers_cli.register(sub)
+    contract_servers.register(sub)
     return parser
 
 
