@@ -39,8 +39,10 @@ rows alone, so a rebuild gives the versions of the incremental run.  A document 
 emitted when its content changed or that LSN rose, with ``max(LSN, last version + 1)``:
 per key, versions strictly increase.  The ``+ 1`` only happens when a change from
 another topic arrives after a newer one was emitted (cross-topic order is not global);
-it stays far below the next real LSN (every WAL record is longer than one byte), and
-it is the one case where a rebuild can give a lower version than the incremental run.
+it stays far below the next real LSN (every WAL record is longer than one byte).  A
+rebuilt state, or an instance taking partitions over, first loads the versions and
+hashes last emitted (the service reads them from the document topics' headers), so
+such a bump is never undone: see ``quiet`` and ``force`` of :class:`Batch`.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class Emission:
     doc: Document | None
     version: int
     source_ts_ms: int
+    digest: str = ""
+    """The content hash the state keeps for the document (sent as a header)."""
 
 
 @dataclass(frozen=True)
@@ -194,10 +198,24 @@ class Batch:
     partition count of the product-owned raw topics (for category ownership).
     """
 
-    def __init__(self, state: AssemblerState, owned: Iterable[int], partitions: int) -> None:
+    def __init__(
+        self,
+        state: AssemblerState,
+        owned: Iterable[int],
+        partitions: int,
+        *,
+        quiet: Iterable[int] = (),
+        force: bool = False,
+    ) -> None:
         self.state = state
         self.owned = frozenset(owned)
         self.partitions = partitions
+        self.quiet = frozenset(quiet)
+        """Owned partitions still catching up after a takeover: their documents (and
+        counts) are not built yet; the takeover touches them all once it is done."""
+        self.force = force
+        """Emit every touched document, an unchanged one as an identical duplicate at its
+        version (the end of a rebuild: each document once, no version going back)."""
         self.products: dict[int, tuple[int, int]] = {}
         self.categories: dict[int, tuple[int, int]] = {}
         self.counts: dict[tuple[int, int], tuple[int, int]] = {}
@@ -397,12 +415,15 @@ class Batch:
         if not emit:
             return out
         paths: dict[int, tuple[str, ...] | None] = {}
+        quiet, parts = self.quiet, self.partitions
         for (cid, part), (lsn, ts) in sorted(self.counts.items()):
-            out.counts.append(KeyedCount(cid, part, self.state.local_count(cid, part), lsn, ts))
+            if part not in quiet:
+                out.counts.append(KeyedCount(cid, part, self.state.local_count(cid, part), lsn, ts))
         for pid, (lsn, ts) in sorted(self.products.items()):
-            self._emit(out, "product", pid, lsn, ts, lambda i: self._product(i, paths))
+            if not quiet or partition_for(pid, parts) not in quiet:
+                self._emit(out, "product", pid, lsn, ts, lambda i: self._product(i, paths))
         for cid, (lsn, ts) in sorted(self.categories.items()):
-            if self.owns_category(cid):
+            if self.owns_category(cid) and (not quiet or partition_for(cid, parts) not in quiet):
                 self._emit(out, "category", cid, lsn, ts, lambda i: self._category(i, paths))
         return out
 
@@ -471,7 +492,14 @@ class Batch:
         digest = TOMBSTONE if built is None else built.digest()
         newest, newest_ts = self._contrib
         if digest == last_hash and newest <= version:
-            return  # nothing new
+            if not self.force:
+                return  # nothing new
+            doc = None
+            if built is not None:
+                update = {"version": version, "source_ts_ms": newest_ts}
+                doc = built.document().model_copy(update=update)
+            out.emissions.append(Emission(kind, doc_id, doc, version, newest_ts, digest))
+            return
         try:
             doc = None if built is None else built.document()
         except ValidationError as exc:
@@ -484,7 +512,7 @@ class Batch:
         new_version = max(newest, version + 1)
         if doc is not None:
             doc = doc.model_copy(update={"version": new_version, "source_ts_ms": newest_ts})
-        out.emissions.append(Emission(kind, doc_id, doc, new_version, newest_ts))
+        out.emissions.append(Emission(kind, doc_id, doc, new_version, newest_ts, digest))
         self.state.set_doc(kind, doc_id, new_version, digest)
 
     def _rows_of(self, kind: str, doc_id: int) -> dict[str, Any]:

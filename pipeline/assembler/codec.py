@@ -58,12 +58,23 @@ def kind_of(doc: Document) -> str:
     return "product" if isinstance(doc, ProductDocument) else "category"
 
 
-def headers_of(kind: str, version: int, source_ts_ms: int) -> list[tuple[str, str | bytes | None]]:
-    return [
+def headers_of(
+    kind: str, version: int, source_ts_ms: int, digest: str | None = None
+) -> list[tuple[str, str | bytes | None]]:
+    """The headers of a document message (tombstones too).
+
+    ``digest`` is the assembler's content hash of the document: an instance that takes
+    a partition over reads ``version`` and ``digest`` back from the topic to go on
+    exactly where the previous owner stopped.
+    """
+    headers: list[tuple[str, str | bytes | None]] = [
         ("kind", kind.encode()),
         ("version", str(version).encode()),
         ("source_ts_ms", str(source_ts_ms).encode()),
     ]
+    if digest is not None:
+        headers.append(("digest", digest.encode()))
+    return headers
 
 
 class DocumentMessage:

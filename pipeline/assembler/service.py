@@ -53,6 +53,7 @@ from pipeline.assembler.codec import DocumentCodec, doc_key, doc_topic, headers_
 from pipeline.assembler.metrics import AssemblerMetrics
 from pipeline.assembler.settings import AssemblerSettings
 from pipeline.assembler.state import GLOBAL_TABLES, OWNED_TABLES, AssemblerState
+from pipeline.assembler.topics import latest_versions
 from pipeline.codec import EventCodec, KafkaSchemaStore, make_codec
 from pipeline.errors import CatalogCdcError
 from pipeline.events import ChangeEvent
@@ -114,6 +115,12 @@ class Assembler:
         self._positions: dict[tuple[str, int], int] = {}
         self._delivery_errors: list[str] = []
         self._recheck = False
+        self._held: set[int] = set()
+        """The partitions of the previous assignment (to tell the gained ones)."""
+        self._to_sync: set[int] = set()
+        """Gained partitions whose emitted versions are still to be read back."""
+        self._quiet: dict[int, dict[tuple[str, int], int]] = {}
+        """Gained partitions catching up, with the input ends they must reach."""
         self.metrics = AssemblerMetrics()
         self.caught_up = threading.Event()
         """Set once every input was read to its end and nothing was pending."""
@@ -323,6 +330,11 @@ class Assembler:
                 "every member must use partition.assignment.strategy=range",
             )
         self.owned = owned
+        if not self.catching_up:  # (a catch-up reads the versions back at its end)
+            self._to_sync |= owned - self._held
+        self._to_sync &= owned
+        self._quiet = {p: ends for p, ends in self._quiet.items() if p in owned}
+        self._held = set(owned)
         self.metrics.owned.set(len(owned))
         self._recheck = True
         self.caught_up.clear()
@@ -349,16 +361,21 @@ class Assembler:
             msgs += self.group.consume(self.settings.batch_size, self.settings.poll_timeout)
             if self._delivery_errors:
                 raise AssemblerError(f"Kafka refused documents: {self._delivery_errors[:3]}")
+            if self._to_sync:
+                self._take_over()
             inputs = self._decode(msgs)
             if inputs or msgs or (self._recheck and self.owned and not self.catching_up):
                 self.caught_up.clear()
                 self._process(inputs, msgs)
                 idle_since = time.monotonic()
+            if self._quiet:
+                self._end_takeovers()
             if self.catching_up and self.owned and self._reached_targets():
                 self._emit_all()
             elif (
                 not msgs
                 and not self.catching_up
+                and not self._quiet
                 and not self.caught_up.is_set()
                 and time.monotonic() - idle_since > 0.5
                 and self._owned_caught_up()
@@ -381,9 +398,92 @@ class Assembler:
     def _reached_targets(self) -> bool:
         return all(self._positions.get(tp, 0) >= end for tp, end in self._targets.items())
 
-    def _emit_all(self) -> None:
-        """End of a catch-up: emit every document of the owned partitions once."""
+    # -- taking partitions over ---------------------------------------------------------
+
+    def _sync_versions(self, parts: set[int]) -> int:
+        """Read back the versions and content hashes last emitted for the documents of
+        ``parts`` (by another instance, or by this one before a crash or a rebuild) and
+        keep, per document, the newer of those and the state's own.
+
+        Whoever emitted last, the next version of a document is then above it, and a
+        document whose content has not changed is not emitted again.
+        """
         started = time.monotonic()
+        raised = 0
+        for kind in ("product", "category"):
+            same = self.doc_partitions[kind] == self.partitions
+            found = latest_versions(self.bootstrap, self.prefix, kind, set(parts) if same else None)
+            with self.state.transaction():
+                for doc_id, (version, digest) in found.items():
+                    if partition_for(doc_id, self.partitions) not in parts:
+                        continue
+                    known = self.state.doc(kind, doc_id)
+                    if known is None or version > known[0]:
+                        own_hash = None if known is None else known[1]
+                        self.state.set_doc(kind, doc_id, version, digest or own_hash)
+                        raised += 1
+        log.info(
+            "event=versions_read_back partitions=%s raised=%d seconds=%.1f",
+            sorted(parts),
+            raised,
+            time.monotonic() - started,
+        )
+        return raised
+
+    def _take_over(self) -> None:
+        """Gained partitions: read back what was emitted for them, then catch up with
+        their inputs quietly; each changed document is emitted once at the end
+        (:meth:`_end_takeovers`), never an older state of it."""
+        parts = self._to_sync & self.owned
+        self._to_sync.clear()
+        if not parts:
+            return
+        self._sync_versions(parts)
+        for p in parts:
+            ends: dict[tuple[str, int], int] = {}
+            for table in OWNED_TABLES:
+                tp = (self.raw_topic(table), p)
+                low, high = self.group.get_watermark_offsets(TopicPartition(*tp), timeout=10)
+                if high > max(low, self._positions.get(tp, 0)):
+                    ends[tp] = high
+            self._quiet[p] = ends
+        log.info("event=takeover_started partitions=%s", sorted(parts))
+
+    def _end_takeovers(self) -> None:
+        done = {
+            p
+            for p, ends in self._quiet.items()
+            if all(self._positions.get(tp, 0) >= end for tp, end in ends.items())
+        }
+        if not done:
+            return
+        for p in done:
+            del self._quiet[p]
+        before = self.stats["products"] + self.stats["categories"] + self.stats["tombstones"]
+        products = self.state.product_ids(done)
+        chunk = max(1, self.settings.batch_size)
+        for i in range(0, max(1, len(products)), chunk):
+            with self.state.transaction():
+                batch = Batch(self.state, self.owned, self.partitions, quiet=self._quiet)
+                batch.touch_all(
+                    products[i : i + chunk], self.state.link_pairs(done) if i == 0 else (), i == 0
+                )
+                self._write(batch.finish())
+                self._flush()
+        emitted = self.stats["products"] + self.stats["categories"] + self.stats["tombstones"]
+        log.info(
+            "event=takeover_done partitions=%s products=%d emitted=%d",
+            sorted(done),
+            len(products),
+            emitted - before,
+        )
+
+    def _emit_all(self) -> None:
+        """End of a catch-up: emit every document of the owned partitions once (an
+        unchanged one at the version last emitted for it, so none goes back)."""
+        started = time.monotonic()
+        self._sync_versions(self.owned)
+        self._to_sync.clear()
         products = self.state.product_ids(self.owned)
         pairs = self.state.link_pairs(self.owned)
         log.info(
@@ -394,7 +494,7 @@ class Assembler:
         chunk = max(1, self.settings.batch_size)
         for i in range(0, max(1, len(products)), chunk):
             with self.state.transaction():
-                batch = Batch(self.state, self.owned, self.partitions)
+                batch = Batch(self.state, self.owned, self.partitions, force=True)
                 batch.touch_all(products[i : i + chunk], pairs if i == 0 else (), i == 0)
                 out = batch.finish()
                 self._write(out)
@@ -487,7 +587,7 @@ class Assembler:
         started = time.perf_counter()
         state = self.state
         with state.transaction():
-            batch = Batch(state, self.owned, self.partitions)
+            batch = Batch(state, self.owned, self.partitions, quiet=self._quiet)
             if self._recheck and self.owned and not self.catching_up:
                 batch.recheck_categories()
                 batch.recheck_partitions(
@@ -543,7 +643,7 @@ class Assembler:
                 doc_key(e.id),
                 value,
                 partition_for(e.id, self.doc_partitions[e.kind]),
-                headers_of(e.kind, e.version, e.source_ts_ms),
+                headers_of(e.kind, e.version, e.source_ts_ms, e.digest or None),
             )
             if e.doc is None:
                 self.stats["tombstones"] += 1

@@ -10,14 +10,20 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from pipeline.assembler.codec import DocumentCodec, DocumentMessage, doc_topic
 from pipeline.codec import KafkaSchemaStore
 from pipeline.errors import CatalogCdcError
 from pipeline.kafka import consumer_config
 
-__all__ = ["DocumentTopicError", "document_codec", "iter_documents", "latest_documents"]
+__all__ = [
+    "DocumentTopicError",
+    "document_codec",
+    "iter_documents",
+    "latest_documents",
+    "latest_versions",
+]
 
 
 class DocumentTopicError(CatalogCdcError):
@@ -37,18 +43,10 @@ def document_codec(
     return DocumentCodec(store=KafkaSchemaStore(bootstrap, prefix), topic_prefix=prefix)
 
 
-def iter_documents(
-    bootstrap: str,
-    prefix: str,
-    kind: str,
-    *,
-    schema_registry_url: str | None = None,
-    codec: DocumentCodec | None = None,
-    timeout: float = 60.0,
-) -> Iterator[DocumentMessage]:
-    """Every message of the ``kind`` document topic to its end (per key in topic order)."""
-    topic = doc_topic(prefix, kind)
-    codec = codec or document_codec(bootstrap, prefix, schema_registry_url)
+def _iter_messages(
+    bootstrap: str, topic: str, timeout: float, partitions: set[int] | None = None
+) -> Iterator[Message]:
+    """Every message of ``topic`` (or of its ``partitions``) to the end, in topic order."""
     consumer = Consumer(consumer_config(bootstrap, f"catalog-cdc-documents-{uuid.uuid4().hex[:8]}"))
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
@@ -59,6 +57,8 @@ def iter_documents(
         high: dict[int, int] = {}
         pos: dict[int, int] = {}
         for p in sorted(meta.partitions):
+            if partitions is not None and p not in partitions:
+                continue
             low, high[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             pos[p] = low
         assigned = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in high if high[p] > pos[p]]
@@ -79,13 +79,55 @@ def iter_documents(
                 continue
             if msg.error():
                 raise DocumentTopicError(f"reading {topic}[{msg.partition()}]: {msg.error()}")
-            p = msg.partition() or 0
-            pos[p] = (msg.offset() or 0) + 1
-            yield codec.decode_message(
-                kind, msg.key(), msg.value(), msg.headers(), p, msg.offset() or 0
-            )
+            pos[msg.partition() or 0] = (msg.offset() or 0) + 1
+            yield msg
     finally:
         consumer.close()
+
+
+def iter_documents(
+    bootstrap: str,
+    prefix: str,
+    kind: str,
+    *,
+    schema_registry_url: str | None = None,
+    codec: DocumentCodec | None = None,
+    timeout: float = 60.0,
+) -> Iterator[DocumentMessage]:
+    """Every message of the ``kind`` document topic to its end (per key in topic order)."""
+    codec = codec or document_codec(bootstrap, prefix, schema_registry_url)
+    for msg in _iter_messages(bootstrap, doc_topic(prefix, kind), timeout):
+        yield codec.decode_message(
+            kind, msg.key(), msg.value(), msg.headers(), msg.partition() or 0, msg.offset() or 0
+        )
+
+
+def latest_versions(
+    bootstrap: str,
+    prefix: str,
+    kind: str,
+    partitions: set[int] | None = None,
+    timeout: float = 120.0,
+) -> dict[int, tuple[int, str | None]]:
+    """``{id: (version, digest)}`` of the last message per key, from the headers alone.
+
+    Cheap (nothing is decoded): what an assembler taking partitions over reads to go
+    on from the versions and content hashes the previous owner emitted.
+    """
+    latest: dict[int, tuple[int, str | None]] = {}
+    for msg in _iter_messages(bootstrap, doc_topic(prefix, kind), timeout, partitions):
+        headers = dict(msg.headers() or [])
+        raw_version = headers.get("version")
+        key = msg.key()
+        if raw_version is None or key is None:
+            raise DocumentTopicError(
+                f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: no key or version header"
+            )
+        digest = headers.get("digest")
+        if isinstance(digest, bytes):
+            digest = digest.decode()
+        latest[int(key)] = (int(raw_version), digest)
+    return latest
 
 
 def latest_documents(

@@ -939,6 +939,71 @@ def test_a_rebuild_gives_the_versions_of_the_incremental_run() -> None:
     assert again.version == incremental.version
 
 
+def _taken_over(cat: Catalog) -> Catalog:
+    """A new owner of every partition: the previous owner's emitted versions and hashes
+    read back (as the service does from the doc topic headers), the inputs read quietly."""
+    new = Catalog()
+    with new.state.transaction():
+        for e in cat.last.values():
+            new.state.set_doc(e.kind, e.id, e.version, e.digest)
+        batch = Batch(new.state, new.owned, new.partitions, quiet=new.owned)
+        for table, part, item in cat.sent:
+            if isinstance(item, KeyedCount):
+                batch.apply_count(item)
+            else:
+                batch.apply(table, part, item)
+        out = batch.finish()
+    assert out.emissions == [] and out.counts == []  # nothing while catching up
+    return new
+
+
+def _touch_everything(cat: Catalog, *, force: bool = False) -> Output:
+    with cat.state.transaction():
+        batch = Batch(cat.state, cat.owned, cat.partitions, force=force)
+        batch.touch_all(cat.state.product_ids(cat.owned), cat.state.link_pairs(cat.owned), True)
+        out = batch.finish()
+    for e in out.emissions:
+        cat.last[(e.kind, e.id)] = e
+    return out
+
+
+def test_a_takeover_goes_on_from_the_versions_the_previous_owner_emitted() -> None:
+    cat = base_catalog()
+    cat.poll()
+    cat.insert("product_variants", variant_row(800, 1, quantity=2))
+    late_variant = cat.hold()
+    newer = cat.update("products", 1, name="Newer").source.lsn
+    cat.poll()
+    cat.queue.append(late_variant)
+    cat.sent.append(late_variant)
+    cat.poll()
+    bumped = cat.last[("product", 1)]
+    assert bumped.version == newer + 1  # a late arrival: above every row's LSN
+
+    # The new owner has the same rows: nothing to emit, nothing goes back.
+    new = _taken_over(cat)
+    assert _touch_everything(new).emissions == []
+    # A change it then makes lands above the previous owner's bump.
+    change = cat.update("products", 1, name="N")
+    cat.hold()  # (only the new owner sees it)
+    cat.rows["products"][skey("products", 1)]["name"] = "Newer"
+    with new.state.transaction():
+        batch = Batch(new.state, new.owned, new.partitions)
+        batch.apply("products", partition_for(1, P), change)
+        (e,) = [e for e in batch.finish().emissions if e.id == 1]
+    assert e.version == change.source.lsn > bumped.version
+
+    # The end of a rebuild emits each document once, unchanged ones at their version.
+    rebuilt = _taken_over(cat)
+    out = _touch_everything(rebuilt, force=True)
+    assert {(e.kind, e.id) for e in out.emissions} == set(cat.last)
+    for e in out.emissions:
+        assert e.version == cat.last[(e.kind, e.id)].version
+        assert e.digest == cat.last[(e.kind, e.id)].digest
+    (p1,) = [e for e in out.emissions if e.kind == "product" and e.id == 1]
+    assert same(p1.doc, bumped.doc) and p1.doc is not None and p1.doc.version == bumped.version
+
+
 # --------------------------------------------------------------------------- 8. counts
 
 
