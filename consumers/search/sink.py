@@ -46,7 +46,7 @@ MAX_BYTES = 5 * 1024 * 1024
 @dataclass
 class _Op:
     record: Record
-    body: dict[str, Any] | None  # None: delete
+    source: bytes | None  # the serialized _source; None: delete
     digest: str | None
 
 
@@ -105,13 +105,18 @@ class SearchSink:
                 self._pending[r.id] = _Op(r, None, None)
                 continue
             assert isinstance(r.doc, ProductDocument)
+            # Serialized once: the canonical JSON of the content (without the version)
+            # is hashed, and is the request body with the hash and version appended.
             body = mapping.body(r.doc)
-            content = {k: v for k, v in body.items() if k != "version"}
-            digest = hashlib.sha1(
-                json.dumps(content, sort_keys=True, default=str).encode()
-            ).hexdigest()
-            body["content_hash"] = digest
-            self._pending[r.id] = _Op(r, body, digest)  # the last record of an id wins
+            version = body.pop("version")
+            content = _dumps(body)
+            digest = hashlib.sha1(content).hexdigest()
+            source = b'%s,"content_hash":"%s","version":%d}' % (
+                content[:-1],
+                digest.encode(),
+                version,
+            )
+            self._pending[r.id] = _Op(r, source, digest)  # the last record of an id wins
 
     def flush(self) -> list[Rejected]:
         rejected: list[Rejected] = []
@@ -130,22 +135,23 @@ class SearchSink:
         return rejected
 
     def _bulk(self, ops: list[_Op], rejected: list[Rejected]) -> dict[int, _Op]:
-        """Send one bulk request; return the ops to retry."""
-        operations: list[dict[str, Any]] = []
+        """Send one bulk request (NDJSON built from the serialized bodies); return the
+        ops to retry."""
+        index = json.dumps(self.alias).encode()
+        lines: list[bytes] = []
         for op in ops:
-            meta = {
-                "_index": self.alias,
-                "_id": str(op.record.id),
-                "version": op.record.version,
-                "version_type": "external",
-            }
-            if op.body is None:
-                operations.append({"delete": meta})
-            else:
-                operations.append({"index": meta})
-                operations.append(op.body)
+            action = b"index" if op.source is not None else b"delete"
+            lines.append(
+                b'{"%s":{"_index":%s,"_id":"%d","version":%d,"version_type":"external"}}'
+                % (action, index, op.record.id, op.record.version)
+            )
+            if op.source is not None:
+                lines.append(op.source)
+        lines.append(b"")
         try:
-            response = self.es.bulk(operations=operations, refresh=False)
+            # The client sends a bytes body as it is (NDJSON, already serialized).
+            payload = b"\n".join(lines)
+            response = self.es.bulk(operations=payload, refresh=False)  # type: ignore[arg-type]
         except (ConnectionError, ConnectionTimeout) as exc:
             log.warning("event=search_unavailable error=%s", exc)
             return {op.record.id: op for op in ops}
@@ -160,7 +166,7 @@ class SearchSink:
             status = int(result.get("status", 500))
             doc_id = op.record.id
             if status in (200, 201) or (action == "delete" and status == 404):
-                if op.body is None:
+                if op.source is None:
                     self._written.pop(doc_id, None)
                     self.stats["deleted"] += 1
                 else:
@@ -197,7 +203,7 @@ def _chunks(ops: list[_Op]) -> list[list[_Op]]:
     current: list[_Op] = []
     size = 0
     for op in ops:
-        n = 200 + (len(json.dumps(op.body, default=str)) if op.body is not None else 0)
+        n = 120 + (len(op.source) if op.source is not None else 0)
         if current and (len(current) >= MAX_ACTIONS or size + n > MAX_BYTES):
             out.append(current)
             current, size = [], 0
@@ -206,6 +212,11 @@ def _chunks(ops: list[_Op]) -> list[list[_Op]]:
     if current:
         out.append(current)
     return out
+
+
+def _dumps(value: dict[str, Any]) -> bytes:
+    """Canonical JSON (sorted keys, no spaces): equal content, equal bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def delete_index(es: Elasticsearch, prefix: str) -> None:
