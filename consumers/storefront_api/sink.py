@@ -96,8 +96,8 @@ class _Op:
 class StorefrontApiSink:
     """Implements :class:`~consumers.runtime.Sink` for the products sync API."""
 
-    name = "storefront-api"
-    kinds = ("product",)
+    name: str = "storefront-api"
+    kinds: Sequence[str] = ("product",)
 
     def __init__(
         self,

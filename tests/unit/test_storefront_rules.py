@@ -60,8 +60,9 @@ def test_required_fields(field: str) -> None:
 def test_operation() -> None:
     for op in ("create", "update"):
         assert rules.check_product(valid(operation=op)) == []
-    for op in ("delete", "Create", "", 1):
-        assert fields(rules.check_product(valid(operation=op))) == {"operation"}
+    bad: tuple[object, ...] = ("delete", "Create", "", 1)
+    for wrong in bad:
+        assert fields(rules.check_product(valid(operation=wrong))) == {"operation"}
 
 
 @pytest.mark.parametrize(
