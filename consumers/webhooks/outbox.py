@@ -202,17 +202,18 @@ class Outbox:
 
     # -- delivery ---------------------------------------------------------------------
 
-    def heads(self, subscriber: str, limit: int = 200) -> list[Entry]:
-        """The first pending entry of each of the subscriber's products, oldest first
-        (only those may be attempted: order per product)."""
+    def heads(self, subscriber: str, due_by: float, limit: int = 200) -> list[Entry]:
+        """The first pending entry of each of the subscriber's products — only those may
+        be attempted (order per product) — that is due by ``due_by``, oldest first."""
         with self.lock:
             rows = self._db.execute(
                 "SELECT o.seq, o.subscriber, o.product_id, o.version, o.event_id, o.event_type, "
                 "o.body, o.enqueued_at, o.attempts, o.next_attempt_at, o.last_error "
-                "FROM outbox o WHERE o.subscriber = ? AND o.seq = (SELECT min(seq) FROM outbox "
+                "FROM outbox o WHERE o.subscriber = ? AND o.next_attempt_at <= ? "
+                "AND o.seq = (SELECT min(seq) FROM outbox "
                 "WHERE subscriber = o.subscriber AND product_id = o.product_id) "
                 "ORDER BY o.seq LIMIT ?",
-                (subscriber, limit),
+                (subscriber, due_by, limit),
             ).fetchall()
         return [Entry(*row) for row in rows]
 

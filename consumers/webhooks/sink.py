@@ -122,8 +122,8 @@ class WebhooksSink:
     """Implements :class:`~consumers.runtime.Sink` for signed webhooks (see the module
     docstring for the guarantees)."""
 
-    name = "webhooks"
-    kinds = ("product",)
+    name: str = "webhooks"
+    kinds: Sequence[str] = ("product",)
 
     def __init__(
         self,
@@ -178,13 +178,21 @@ class WebhooksSink:
             )
             thread.start()
             self._threads.append(thread)
+        pending = self._outbox.pending()
         log.info(
             "event=webhooks_opened state=%s subscribers=%s max_age=%.0fs pending=%s",
             self.state_path,
             ",".join(s.name for s in self.subscribers),
             self.max_age,
-            self._outbox.pending(),
+            pending,
         )
+        for name in sorted(set(pending) - set(self._counters)):
+            log.warning(
+                "event=webhooks_unknown_subscriber subscriber=%s pending=%d hint=%s",
+                name,
+                pending[name],
+                "it is no longer in the config file: its queued events are kept, not sent",
+            )
 
     def close(self) -> None:
         self._stop.set()
@@ -351,11 +359,9 @@ class WebhooksSink:
             worked = True
         if counters.hold_until > now:
             return worked
-        for entry in outbox.heads(sub.name):
+        for entry in outbox.heads(sub.name, now):
             if self._stop.is_set():
                 break
-            if entry.next_attempt_at > self._clock():
-                continue
             outcome = self._attempt(sub, entry)
             worked = worked or outcome
             if not outcome:  # a retryable failure: hold the subscriber back for a while

@@ -40,7 +40,7 @@ def _doc_snippet() -> str:
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     found = [b for b in blocks if "def verify_webhook" in b]
     assert len(found) == 1, "docs/webhooks.md must hold exactly one verify_webhook snippet"
-    return found[0]
+    return str(found[0])
 
 
 def _snippet_verify() -> Callable[..., None]:
@@ -289,3 +289,55 @@ def test_config_rules(tmp_path: Path) -> None:
     assert parse_duration("500ms", "x") == 0.5 and parse_duration("90", "x") == 90
     with pytest.raises(ConfigurationError, match="max_age"):
         parse_duration("soon", "max_age")
+
+
+# -- the contract server enforces the same rules ------------------------------------------
+
+
+def test_the_contract_server_verifies_deduplicates_and_records_order() -> None:
+    import httpx
+
+    with contract.Server(secret=SECRET, tolerance="60") as server:
+        assert isinstance(server, contract.Server)
+        url = server.url + server.path
+
+        def post(body: bytes, event_type: str, event_id: str, **override: str) -> httpx.Response:
+            h = events.headers(SECRET, event_id, event_type, body, time.time())
+            h.update(override)
+            return httpx.post(url, content=body, headers=h, timeout=5)
+
+        def body(event_id: str, version: int) -> bytes:
+            return events.product_body(
+                event_id, events.UPDATED, _doc(version=version), version, _utc_now()
+            )
+
+        ok = post(body("wh_1", 10), events.UPDATED, "wh_1")
+        assert ok.status_code == 200 and ok.json() == {"status": "received"}
+        again = post(body("wh_1", 10), events.UPDATED, "wh_1")
+        assert again.status_code == 200 and again.json()["duplicate"] is True
+        tampered = body("wh_2", 11)
+        h = events.headers(SECRET, "wh_2", events.UPDATED, tampered, time.time())
+        r = httpx.post(url, content=tampered.replace(b"129.90", b"1.00"), headers=h, timeout=5)
+        assert r.status_code == 401
+        wrong = events.headers(SECRET + "x", "wh_2", events.UPDATED, tampered, time.time())
+        assert httpx.post(url, content=tampered, headers=wrong, timeout=5).status_code == 401
+        stale = events.headers(SECRET, "wh_2", events.UPDATED, tampered, time.time() - 61)
+        r = httpx.post(url, content=tampered, headers=stale, timeout=5)
+        assert r.status_code == 401 and "stale" in r.json()["message"]
+        r = post(tampered, events.UPDATED, "wh_2", **{events.HEADER_SIGNATURE: ""})
+        assert r.status_code == 401
+        r = post(body("wh_3", 12), events.CREATED, "wh_3")  # header and body disagree
+        assert r.status_code == 400 and r.json()["details"][0]["field"] == "X-Webhook-Event"
+        assert post(body("wh_4", 9), events.UPDATED, "wh_4").status_code == 200  # older
+        server.fail_next(1, status=503)
+        assert post(body("wh_5", 13), events.UPDATED, "wh_5").status_code == 503
+        state = server.state()
+        assert [e["id"] for e in state["events"]] == ["wh_1", "wh_4"]
+        assert state["duplicates"] == ["wh_1"]
+        assert state["out_of_order"] == [
+            {"product_id": 7, "version": 9, "after": 10, "id": "wh_4",
+             "event_type": "product.updated"}
+        ]  # fmt: skip
+        assert state["products"]["7"]["version"] == 9
+    with pytest.raises(ConfigurationError, match="at least 32"):
+        contract.Server(secret="short")
