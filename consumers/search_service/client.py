@@ -68,10 +68,20 @@ class UpdateApi:
     def __init__(self, url: str, private_key: str, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
         self._key = private_key
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
+        self._timeout = httpx.Timeout(timeout, connect=min(10.0, timeout))
+        self._client: httpx.Client | None = None
+
+    @property
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(timeout=self._timeout)
+        return self._client
 
     def close(self) -> None:
-        self._http.close()
+        """Close the connections (a later request opens new ones)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text

@@ -43,7 +43,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumers.registry import SinkContext
-from consumers.runtime import Record, Rejected, SinkError
+from consumers.runtime import Record, Rejected, SinkError, TransientSinkError
 from consumers.search_service import mapping, rules
 from consumers.search_service.client import DEFAULT_URL, Malformed, UpdateApi
 from consumers.search_service.mapping import Links
@@ -212,6 +212,15 @@ class SearchServiceSink:
 
     def open(self) -> None:
         """Check the breaker; on the first run a full import, else the schema if changed."""
+        try:
+            self._open()
+        except TransientSinkError:
+            raise
+        except SinkError:
+            self.close()  # fatal: the runtime stops without calling close()
+            raise
+
+    def _open(self) -> None:
         self._check_breaker()
         if self.initial_source is not None and self.state.get("initial_import") != "done":
             log.info("event=search_service_first_run state=%s action=full_import", self.state_path)
