@@ -18,6 +18,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -62,6 +63,27 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+class _RedactKey(logging.Filter):
+    """httpx logs every request's URL at INFO: hide ``private_key=...`` (state/get)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(
+                _KEY_IN_URL.sub("private_key=***", str(a)) if "private_key=" in str(a) else a
+                for a in record.args
+            )
+        return True
+
+
+_KEY_IN_URL = re.compile(r"private_key=[^&\s\"]*")
+
+
+def _redact_httpx_logs() -> None:
+    httpx_log = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactKey) for f in httpx_log.filters):
+        httpx_log.addFilter(_RedactKey())
+
+
 class UpdateApi:
     """One ``httpx.Client`` for ``{url}/api/{endpoint}/json``; the key is never logged."""
 
@@ -70,6 +92,7 @@ class UpdateApi:
         self._key = private_key
         self._timeout = httpx.Timeout(timeout, connect=min(10.0, timeout))
         self._client: httpx.Client | None = None
+        _redact_httpx_logs()
 
     @property
     def _http(self) -> httpx.Client:
@@ -150,6 +173,8 @@ class UpdateApi:
                 "within an hour, disabled by addon_status, or not paid); ask the search "
                 "service to reactivate them (after addon_status=deleted a full import does)"
             )
+        if status in (401, 403):
+            raise SinkError(f"{what}: the service refused the key; check private_key")
         if status in (404, 405):
             raise SinkError(f"{what}: is url={self.url} the Update API's base URL?")
         raise Malformed(what, status, _short(text, 2000))
