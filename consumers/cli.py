@@ -31,6 +31,14 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="records per batch (default 500)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument(
+        "--idle-pause",
+        type=float,
+        default=0.15,
+        metavar="SECONDS",
+        help="stop fetching this long after an empty poll (default 0.15; 0 = never): "
+        "spares the CPU an idle consumer burns on brokers that answer empty fetches at once",
+    )
+    p.add_argument(
         "--exit-when-idle",
         type=float,
         metavar="SECONDS",
@@ -60,6 +68,36 @@ def register(sub: Any) -> None:
     q.add_argument("--json", action="store_true", help="one JSON object on stdout")
     q.set_defaults(handler=_search)
 
+    st = sub.add_parser(
+        "storefront-api",
+        help="the storefront-api consumer: what its state file says the shop has, its syncs",
+        description="Product counts by sync status, sync counts by status, the last syncs "
+        "(syncId, status) and the products in error, from the storefront-api consumer's "
+        "state file (see docs/storefront-api.md).",
+    )
+    st.add_argument("action", choices=["status"], help="status: products, syncs, errors")
+    st.add_argument(
+        "--state",
+        default=".catalog-cdc/storefront-api.sqlite",
+        help="the state file (the consumer's --option state=..., default %(default)s)",
+    )
+    st.add_argument("--last", type=int, default=10, help="syncs to show (default 10)")
+    st.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    st.set_defaults(handler=_storefront_status)
+
+    ss = sub.add_parser(
+        "search-service",
+        help="the hosted search service: its status, the consumer's circuit breaker",
+        description="status: the Update API's state/get (status, full_import, product_count); "
+        "breaker / reset-breaker: the search-service consumer's circuit breaker "
+        "(docs/search-service.md). Options: --url, --private-key (status), --state.",
+    )
+    ss.add_argument("action", choices=["status", "breaker", "reset-breaker"])
+    ss.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="--url URL --private-key KEY | --state FILE"
+    )
+    ss.set_defaults(handler=_search_service)
+
 
 def _consume(args: argparse.Namespace) -> int:
     from consumers.registry import SinkContext, available, load
@@ -86,7 +124,10 @@ def _consume(args: argparse.Namespace) -> int:
         bootstrap=conns.require("kafka_bootstrap"),
         topic_prefix=conns.topic_prefix,
         settings=RuntimeSettings(
-            batch_size=args.batch_size, metrics_port=args.metrics_port, group=args.group
+            batch_size=args.batch_size,
+            metrics_port=args.metrics_port,
+            group=args.group,
+            idle_pause=args.idle_pause,
         ),
         schema_registry_url=conns.schema_registry_url,
     )
@@ -134,3 +175,35 @@ def _search(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{b['key']} ({b['count']})" for b in buckets if b["count"])
         print(f"{name}: {shown or '-'}")
     return 0
+
+
+def _storefront_status(args: argparse.Namespace) -> int:
+    import json
+
+    from consumers.storefront_api.state import status
+    from pipeline.errors import ConfigurationError
+
+    result = status(args.state, last=args.last)
+    if not result["exists"]:
+        raise ConfigurationError(
+            f"no state file {args.state}: has `catalog-cdc consume storefront-api` run? "
+            "(give its --option state=... as --state)"
+        )
+    if args.json:
+        print(json.dumps(result, default=str))
+        return 0
+    products = ", ".join(f"{k} {v}" for k, v in sorted(result["products"].items()))
+    syncs = ", ".join(f"{k} {v}" for k, v in sorted(result["syncs"].items()))
+    print(f"products: {products}\nsyncs: {syncs}")
+    for s in result["last_syncs"]:
+        done = f"{s['succeeded']}/{s['products']}"
+        print(f"  {s['sync_id']}  {s['endpoint']:<6}  {s['status']:<9}  {done}")
+    for e in result["errors"]:
+        print(f"  product {e['id']} ({e['reference']}): {e['error'][:160]}")
+    return 0
+
+
+def _search_service(args: argparse.Namespace) -> int:
+    from consumers.search_service.__main__ import main
+
+    return main([args.action, *args.rest])

@@ -36,10 +36,16 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from pipeline.assembler.codec import DocumentCodec, DocumentMessage, doc_topic
+from pipeline.assembler.codec import DocumentCodec, DocumentMessage, doc_key, doc_topic, headers_of
 from pipeline.assembler.topics import document_codec
 from pipeline.errors import CatalogCdcError
-from pipeline.kafka import TopicSpec, consumer_config, ensure_topics, producer_config
+from pipeline.kafka import (
+    TopicSpec,
+    consumer_config,
+    ensure_topics,
+    pause_while_idle,
+    producer_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +111,19 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: ``dead_letters() -> list[Rejected]``.  A sink that delivers after its
+    # batch was committed (an outbox, e.g. consumers/webhooks) returns there the records
+    # it gave up on since the last call; the runtime polls it every loop, puts them on
+    # the dead-letter topic and calls again only after Kafka acknowledged them (so the
+    # sink may treat the next call as the acknowledgement of the previous one).
+
 
 @dataclass(frozen=True)
 class RuntimeSettings:
     batch_size: int = 500
-    poll_timeout: float = 0.5
+    poll_timeout: float = 0.05
+    idle_pause: float = 0.15
+    """Seconds to stop fetching after an empty poll (:func:`pipeline.kafka.pause_while_idle`)."""
     backoff_initial: float = 0.2
     backoff_max: float = 30.0
     metrics_port: int | None = None
@@ -140,6 +154,13 @@ class RuntimeMetrics:
         self.batch_seconds = Histogram(
             "catalog_cdc_consumer_batch_seconds", "Seconds per batch", ["consumer"], registry=r
         )
+        self.latency = Histogram(
+            "catalog_cdc_consumer_commit_to_ack_seconds",
+            "From the source commit (PostgreSQL) to the sink's acknowledgement, per record",
+            ["consumer"],
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300),
+            registry=r,
+        )
         self.lag = Gauge(
             "catalog_cdc_consumer_lag_messages",
             "Messages behind the end of a partition (last check)",
@@ -160,7 +181,11 @@ class ConsumerRuntime:
         settings: RuntimeSettings | None = None,
         schema_registry_url: str | None = None,
         sleep: Callable[[float], None] | None = None,
+        on_batch: Callable[[Sequence[Record], float], None] | None = None,
     ) -> None:
+        """``on_batch(records, acked_at)``: called after every committed batch with the
+        records the sink confirmed and the wall-clock time (``time.time()``) of the
+        confirmation (benchmarks, dashboards)."""
         self.sink = sink
         self.bootstrap = bootstrap
         self.prefix = topic_prefix
@@ -170,6 +195,7 @@ class ConsumerRuntime:
         self.stats = {"batches": 0, "records": 0, "retries": 0, "dead_letters": 0}
         self.caught_up = threading.Event()
         self._sleep = sleep
+        self._on_batch = on_batch
         self._delivery_errors: list[str] = []
 
     @property
@@ -235,8 +261,10 @@ class ConsumerRuntime:
     def _loop(self, stop: threading.Event) -> None:
         idle_since = time.monotonic()
         while not stop.is_set():
+            self._late_dead_letters()
             msgs = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout)
             if not msgs:
+                pause_while_idle([self.consumer], self.settings.idle_pause, stop.wait)
                 idle = time.monotonic() - idle_since > 0.5
                 if idle and not self.caught_up.is_set() and self._at_end():
                     self.caught_up.set()
@@ -297,9 +325,30 @@ class ConsumerRuntime:
         m.records.labels(name, "delete").inc(deletes)
         m.dead_letters.labels(name).inc(len(rejected) + len(poison))
         m.batch_seconds.labels(name).observe(time.perf_counter() - started)
+        acked_at = time.time()
+        latency = m.latency.labels(name)
+        for r in by_key.values():
+            if r.source_ts_ms > 0:
+                latency.observe(max(0.0, acked_at - r.source_ts_ms / 1000))
+        if self._on_batch is not None:
+            self._on_batch(list(by_key.values()), acked_at)
         self.stats["batches"] += 1
         self.stats["records"] += len(by_key)
         self.stats["dead_letters"] += len(rejected) + len(poison)
+
+    def _late_dead_letters(self) -> None:
+        """Dead letters the sink found after their batch was committed (optional hook)."""
+        drain: Callable[[], list[Rejected]] | None = getattr(self.sink, "dead_letters", None)
+        if drain is None:
+            return
+        late = drain()
+        if not late:
+            return
+        for rej in late:
+            self._dead_letter(None, rej.reason, rej.record)
+        self._flush_producer()
+        self.metrics.dead_letters.labels(self.sink.name).inc(len(late))
+        self.stats["dead_letters"] += len(late)
 
     def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
         """``call()`` until it does not raise :class:`TransientSinkError` (or stop)."""
@@ -352,6 +401,16 @@ class ConsumerRuntime:
             headers += list(original.items() if isinstance(original, dict) else original)
         key = None if msg is None else msg.key()
         value = None if msg is None else msg.value()
+        if msg is None and record is not None:  # a late dead letter: rebuild the message
+            key = doc_key(record.id)
+            headers += [
+                ("original.topic", doc_topic(self.prefix, record.kind).encode()),
+                ("original.partition", str(record.partition).encode()),
+                ("original.offset", str(record.offset).encode()),
+                *headers_of(record.kind, record.version, record.source_ts_ms),
+            ]
+            if record.doc is not None:
+                value = self.codec.encode(record.doc)
         if value is None and record is not None:
             value = json.dumps({"kind": record.kind, "id": record.id, "delete": True}).encode()
         self.producer.produce(
