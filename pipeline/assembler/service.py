@@ -57,7 +57,14 @@ from pipeline.assembler.topics import latest_versions
 from pipeline.codec import EventCodec, KafkaSchemaStore, make_codec
 from pipeline.errors import CatalogCdcError
 from pipeline.events import ChangeEvent
-from pipeline.kafka import TopicSpec, consumer_config, ensure_topics, partition_for, producer_config
+from pipeline.kafka import (
+    TopicSpec,
+    consumer_config,
+    ensure_topics,
+    partition_for,
+    pause_while_idle,
+    producer_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +393,8 @@ class Assembler:
                     sorted(self.owned),
                     " ".join(f"{k}={v}" for k, v in self.stats.items()),
                 )
+            if not msgs:
+                pause_while_idle([self.group, self.globals], self.settings.idle_pause, stop.wait)
             if time.monotonic() - last_report > 10:
                 self._owned_caught_up()  # refreshes the lag gauges
                 log.info(

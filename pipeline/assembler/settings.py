@@ -32,7 +32,15 @@ class AssemblerSettings(BaseSettings):
         ),
     )
     batch_size: int = Field(default=5000, ge=1, description="messages per poll batch")
-    poll_timeout: float = Field(default=0.2, gt=0, description="seconds a poll waits")
+    poll_timeout: float = Field(default=0.05, gt=0, description="seconds a poll waits")
+    idle_pause: float = Field(
+        default=0.15,
+        ge=0,
+        description=(
+            "seconds to stop fetching after an empty poll (0 = never): spares the CPU an "
+            "idle consumer burns on brokers that answer empty fetches at once (noida-db)"
+        ),
+    )
     metrics_port: int | None = Field(
         default=None, description="serve Prometheus metrics on this port (unset = off)"
     )
