@@ -22,13 +22,14 @@ from consumers.webhooks import events
 from consumers.webhooks.config import Subscriber
 from consumers.webhooks.sink import WebhooksSink
 from pipeline.assembler.reference import expected_documents
+from pipeline.assembler.topics import document_codec
 from pipeline.codec.avro_schema import _json_dumps
 from pipeline.demo.edits import run_edits
 from pipeline.demo.seed import seed_catalog
 from tests.contracts.webhooks import Server
 from tests.integration.assembler_support import running_assembler, wait_in_sync
 from tests.integration.reader_support import running_reader, wait_for
-from tests.integration.test_consumer_runtime import _produce, _product, running
+from tests.integration.test_consumer_runtime import _dlq, _produce, _product, running
 
 pytestmark = pytest.mark.integration
 
@@ -127,12 +128,18 @@ def test_a_refused_event_and_an_expired_one_are_dead_letters(
         with running(runtime):
             wait_for(lambda: sink.stats["b"]["dead_lettered"] == 2, 20, "b's events to expire")
             wait_for(lambda: _drained(sink), 10, "the outbox to drain")
-            letters = sink.dead_letters()
+            # The runtime drains the sink's late dead letters onto the DLQ topic.
+            wait_for(lambda: runtime.stats["dead_letters"] == 3, 20, "the dead letters")
             assert sink.dead_letters() == []
         # a: the created event refused (400) and dead-lettered; the next one delivered.
         assert _history(a, 5) == [("product.updated", 51)]
         assert _history(b, 5) == []
-        reasons = sorted((r.record.id, r.record.version, r.reason) for r in letters)
+        letters = _dlq(kafka_bootstrap, f"{topic_prefix}.dlq.webhooks")
+        headers = [dict(m.headers() or []) for m in letters]
+        reasons = sorted(
+            (int(m.key()), int(h["version"]), h["error"].decode())
+            for m, h in zip(letters, headers, strict=True)
+        )
         assert len(reasons) == 3, reasons
         refused = [r for r in reasons if "'a'" in r[2]]
         assert [(i, v) for i, v, _ in refused] == [(5, 50)]
@@ -142,9 +149,13 @@ def test_a_refused_event_and_an_expired_one_are_dead_letters(
         assert [(i, v) for i, v, _ in expired] == [(5, 50), (5, 51)]
         assert all("not delivered within max_age=2s" in r for _, _, r in expired)
         assert all("answered 503" in r for _, _, r in expired)
-        # The records handed over are the originals (for the DLQ message).
-        original = next(r.record for r in letters if r.record.version == 51)
-        assert original.doc is not None and original.doc.name == "B" and original.offset >= 0
+        # The dead letters carry the original documents and where they came from.
+        codec = document_codec(kafka_bootstrap, topic_prefix)
+        for m, h in zip(letters, headers, strict=True):
+            assert h["original.topic"] == f"{topic_prefix}.doc.products".encode()
+            doc = codec.decode_message("product", m.key(), m.value(), m.headers()).doc
+            assert doc is not None and doc.version == int(h["version"])
+            assert doc.name == ("B" if doc.version == 51 else doc.name)
         assert sink.stats["a"]["dead_lettered"] == 1 and sink.stats["a"]["sent"] == 1
 
 
