@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.demo import cli as demo_cli
     from pipeline.reader import cli as reader_cli
     from pipeline.stack import cli as stack_cli
+    from pipeline.supervisor import cli as supervisor_cli
 
     parser = argparse.ArgumentParser(
         prog="catalog-cdc",
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     assembler_cli.register(sub)
     consumers_cli.register(sub)
     contract_servers.register(sub)
+    supervisor_cli.register(sub)
     return parser
 
 
