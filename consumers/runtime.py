@@ -17,6 +17,14 @@ rest, the same way for every consumer:
 4. commits the batch's offsets only after the flush succeeded and the dead letters
    were acknowledged by Kafka.
 
+A sink may also read *raw* change topics (``{prefix}.public.{table}``, the reader's
+Debezium-style events) for tables that are not part of any document (``stores``,
+``cms_pages``...): it names them in an optional ``raw_tables`` attribute and takes them
+in ``add_raw(records)`` (:class:`RawRecord`, a decoded
+:class:`~pipeline.events.ChangeEvent` with its table and position).  They follow the same
+rules: handed over before ``flush``, committed only after it, a raw message that cannot
+be decoded is poison, a :class:`Rejected` raw record goes to the dead-letter topic.
+
 Guarantee: at-least-once.  A crash before the commit redelivers the batch; sinks
 write idempotently (external versions, upserts by id), so a redelivery changes
 nothing that is already right.
@@ -38,7 +46,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from pipeline.assembler.codec import DocumentCodec, DocumentMessage, doc_key, doc_topic, headers_of
 from pipeline.assembler.topics import document_codec
+from pipeline.codec import EventCodec, make_codec
 from pipeline.errors import CatalogCdcError
+from pipeline.events import ChangeEvent
 from pipeline.kafka import (
     TopicSpec,
     consumer_config,
@@ -51,6 +61,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ConsumerRuntime",
+    "RawRecord",
     "Record",
     "Rejected",
     "RuntimeSettings",
@@ -80,10 +91,23 @@ class TransientSinkError(SinkError):
 
 
 @dataclass(frozen=True)
+class RawRecord:
+    """One raw change-topic message (``{prefix}.public.{table}``) for a sink with
+    ``raw_tables``: ``kind`` is the table name, ``id`` the primary key as text (one
+    column: its value; several: ``col=value,...``)."""
+
+    kind: str
+    id: str
+    event: ChangeEvent
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
 class Rejected:
     """A record the target refused for good, and why (it goes to the dead-letter topic)."""
 
-    record: Record
+    record: Record | RawRecord
     reason: str
 
 
@@ -111,6 +135,10 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: ``raw_tables: Sequence[str]`` (tables whose raw change topics to read
+    # too) with ``add_raw(records: Sequence[RawRecord]) -> None``: see the module
+    # docstring.  ``flush`` then also covers the raw records added.
+    #
     # Optional: ``dead_letters() -> list[Rejected]``.  A sink that delivers after its
     # batch was committed (an outbox, e.g. consumers/webhooks) returns there the records
     # it gave up on since the last call; the runtime polls it every loop, puts them on
@@ -197,6 +225,8 @@ class ConsumerRuntime:
         self._sleep = sleep
         self._on_batch = on_batch
         self._delivery_errors: list[str] = []
+        self._raw_topics: dict[str, str] = {}
+        """Raw change topics the sink reads (``raw_tables``) -> their table."""
 
     @property
     def group(self) -> str:
@@ -212,8 +242,17 @@ class ConsumerRuntime:
         if stop.is_set():
             return
         topics = [doc_topic(self.prefix, k) for k in self.sink.kinds]
+        raw_tables: Sequence[str] = getattr(self.sink, "raw_tables", ())
+        self._raw_topics = {self._raw_topic(t): t for t in raw_tables}
+        topics += list(self._raw_topics)
         ensure_topics(self.bootstrap, [TopicSpec(self.dlq_topic, 1)])
         self.codec: DocumentCodec = document_codec(self.bootstrap, self.prefix, self.registry_url)
+        if self._raw_topics:
+            self.raw_codec: EventCodec = make_codec(
+                topic_prefix=self.prefix,
+                schema_registry_url=self.registry_url,
+                kafka_bootstrap=self.bootstrap,
+            )
         self.producer = Producer(producer_config(self.bootstrap))
         self.consumer = Consumer(consumer_config(self.bootstrap, self.group))
         if self.settings.metrics_port is not None:
@@ -238,8 +277,12 @@ class ConsumerRuntime:
                 " ".join(f"{k}={v}" for k, v in self.stats.items()),
             )
 
+    def _raw_topic(self, table: str) -> str:
+        return f"{self.prefix}.public.{table}"
+
     def _wait_for_topics(self, topics: list[str], stop: threading.Event) -> None:
-        """Until the document topics exist (the assembler creates them), saying so."""
+        """Until the document (and raw) topics exist (the assembler and reader create
+        them), saying so."""
         said = 0.0
         while not stop.is_set():
             meta = self.consumer.list_topics(timeout=10).topics
@@ -251,7 +294,7 @@ class ConsumerRuntime:
                     "event=waiting_for_document_topics consumer=%s missing=%s hint=%s",
                     self.sink.name,
                     ",".join(missing),
-                    "start `catalog-cdc assembler` (it creates them)",
+                    "start `catalog-cdc assembler` (and `catalog-cdc reader`: they create them)",
                 )
                 said = time.monotonic()
             stop.wait(0.5)
@@ -277,6 +320,7 @@ class ConsumerRuntime:
     def _batch(self, msgs: list[Message]) -> None:
         started = time.perf_counter()
         records: list[Record] = []
+        raw_records: list[RawRecord] = []
         poison: list[_Poison] = []
         positions: dict[tuple[str, int], int] = {}
         for msg in msgs:
@@ -290,6 +334,9 @@ class ConsumerRuntime:
                 continue
             topic, part = msg.topic() or "", msg.partition() or 0
             positions[(topic, part)] = (msg.offset() or 0) + 1
+            if topic in self._raw_topics:
+                self._decode_raw(msg, self._raw_topics[topic], raw_records, poison)
+                continue
             kind = "product" if topic.endswith(".doc.products") else "category"
             try:
                 records.append(
@@ -300,8 +347,12 @@ class ConsumerRuntime:
             except CatalogCdcError as exc:
                 poison.append(_Poison(msg, f"cannot decode: {exc}"))
         rejected: list[Rejected] = []
-        if records:
-            self.sink.add(records)
+        if raw_records:
+            add_raw: Callable[[Sequence[RawRecord]], None] = getattr(self.sink, "add_raw")  # noqa: B009
+            add_raw(raw_records)
+        if records or raw_records:
+            if records:
+                self.sink.add(records)
             flushed: list[Rejected] | None = self._retrying("flush a batch", self.sink.flush)
             if flushed is None:
                 return  # stopping while the target is down: nothing is committed
@@ -310,6 +361,10 @@ class ConsumerRuntime:
         raw = {(m.topic(), m.partition(), m.offset()): m for m in msgs if m.error() is None}
         for rej in rejected:
             r = rej.record
+            if isinstance(r, RawRecord):
+                original = raw.get((self._raw_topic(r.kind), r.partition, r.offset))
+                self._dead_letter(original, rej.reason, None)
+                continue
             original = raw.get((doc_topic(self.prefix, r.kind), r.partition, r.offset))
             self._dead_letter(original, rej.reason, r)
             by_key.pop((r.kind, r.id, r.partition, r.offset), None)
@@ -334,7 +389,31 @@ class ConsumerRuntime:
             self._on_batch(list(by_key.values()), acked_at)
         self.stats["batches"] += 1
         self.stats["records"] += len(by_key)
+        if raw_records:
+            self.stats["raw_records"] = self.stats.get("raw_records", 0) + len(raw_records)
         self.stats["dead_letters"] += len(rejected) + len(poison)
+
+    def _decode_raw(
+        self, msg: Message, table: str, out: list[RawRecord], poison: list[_Poison]
+    ) -> None:
+        """A raw change message as a :class:`RawRecord` (a tombstone is skipped: the
+        delete event before it did the work; undecodable: poison)."""
+        if msg.value() is None:
+            return
+        try:
+            event = self.raw_codec.decode(msg.key() or None, msg.value())
+        except CatalogCdcError as exc:
+            poison.append(_Poison(msg, f"cannot decode: {exc}"))
+            return
+        if event is None:
+            return
+        key = event.key or {}
+        ident = (
+            str(next(iter(key.values())))
+            if len(key) == 1
+            else ",".join(f"{k}={v}" for k, v in key.items())
+        )
+        out.append(RawRecord(table, ident, event, msg.partition() or 0, msg.offset() or 0))
 
     def _late_dead_letters(self) -> None:
         """Dead letters the sink found after their batch was committed (optional hook)."""
@@ -345,7 +424,9 @@ class ConsumerRuntime:
         if not late:
             return
         for rej in late:
-            self._dead_letter(None, rej.reason, rej.record)
+            self._dead_letter(
+                None, rej.reason, None if isinstance(rej.record, RawRecord) else rej.record
+            )
         self._flush_producer()
         self.metrics.dead_letters.labels(self.sink.name).inc(len(late))
         self.stats["dead_letters"] += len(late)

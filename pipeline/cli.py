@@ -22,6 +22,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     from consumers import cli as consumers_cli
+    from consumers.edge_kv import cli as kv_cli
     from pipeline import contract_servers
     from pipeline.assembler import cli as assembler_cli
     from pipeline.demo import cli as demo_cli
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     reader_cli.register(sub)
     assembler_cli.register(sub)
     consumers_cli.register(sub)
+    kv_cli.register(sub)
     contract_servers.register(sub)
     supervisor_cli.register(sub)
     return parser

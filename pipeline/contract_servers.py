@@ -25,6 +25,7 @@ SERVERS = {
     "storefront-api": "tests.contracts.storefront_api",
     "search-service": "tests.contracts.search_service",
     "webhooks": "tests.contracts.webhooks",
+    "kv-rest": "tests.contracts.kv_rest",
 }
 
 

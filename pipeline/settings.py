@@ -52,6 +52,9 @@ class ConnectionSettings(BaseSettings):
         default=None, description="A second, independent Kafka-protocol broker (tests only)."
     )
     elasticsearch_url: str | None = Field(default=None, description="Elasticsearch base URL.")
+    redis_url: str | None = Field(
+        default=None, description="Redis URL (redis://host:port/db) for the edge KV consumer."
+    )
     schema_registry_url: str | None = Field(
         default=None,
         description="Confluent Schema Registry URL; unset = Avro single-object encoding.",

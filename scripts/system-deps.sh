@@ -2,6 +2,7 @@
 # Installs the Debian packages catalog-cdc needs, only when they are missing:
 #   - python3-venv (Debian's python3 ships without ensurepip)
 #   - postgresql (the server the local stack runs; >= 14)
+#   - redis-server (the local stack's Redis, for the edge KV consumer)
 # Uses sudo when not root. Safe to run repeatedly.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
@@ -12,6 +13,9 @@ if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
 fi
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     need+=(postgresql)
+fi
+if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ]; then
+    need+=(redis-server)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then

@@ -3,8 +3,8 @@
 The stack is started once per session (``catalog-cdc stack up`` semantics; whatever
 was already running is reused, and only what this session started is stopped at the
 end).  Set ``CATALOG_CDC_POSTGRES_DSN``, ``CATALOG_CDC_KAFKA_BOOTSTRAP``,
-``CATALOG_CDC_KAFKA_BOOTSTRAP_ALT`` and ``CATALOG_CDC_ELASTICSEARCH_URL`` to run the
-suite against other services instead.
+``CATALOG_CDC_KAFKA_BOOTSTRAP_ALT``, ``CATALOG_CDC_ELASTICSEARCH_URL`` (and
+``CATALOG_CDC_REDIS_URL``) to run the suite against other services instead.
 
 Isolation: every test gets its own database (``pg_dsn``), topic prefix
 (``topic_prefix``) and index prefix (``index_prefix``).
@@ -32,6 +32,7 @@ class Endpoints:
     kafka_bootstrap: str
     kafka_bootstrap_alt: str | None
     elasticsearch_url: str
+    redis_url: str | None = None
 
 
 def _with_dbname(dsn: str, dbname: str) -> str:
@@ -51,6 +52,7 @@ def stack() -> Iterator[Endpoints]:
             kafka_bootstrap=env["kafka_bootstrap"],
             kafka_bootstrap_alt=env["kafka_bootstrap_alt"],
             elasticsearch_url=env["elasticsearch_url"],
+            redis_url=os.environ.get("CATALOG_CDC_REDIS_URL"),
         )
         return
 
@@ -68,6 +70,7 @@ def stack() -> Iterator[Endpoints]:
         kafka_bootstrap=endpoints["kafka_bootstrap"],
         kafka_bootstrap_alt=endpoints["kafka_bootstrap_alt"],
         elasticsearch_url=endpoints["elasticsearch_url"],
+        redis_url=endpoints.get("redis_url"),
     )
     if started == set(before["services"]) and not os.environ.get("CATALOG_CDC_KEEP_STACK"):
         st.down()
@@ -140,6 +143,14 @@ def es_url(stack: Endpoints) -> str:
     return stack.elasticsearch_url
 
 
+@pytest.fixture
+def redis_url(stack: Endpoints) -> str:
+    """The stack's Redis (or CATALOG_CDC_REDIS_URL)."""
+    if not stack.redis_url:
+        pytest.fail("no Redis: set CATALOG_CDC_REDIS_URL or use the stack (`catalog-cdc stack up`)")
+    return stack.redis_url
+
+
 @pytest.fixture(params=["noida", "tansu"])
 def broker_bootstrap(request: pytest.FixtureRequest, stack: Endpoints) -> str:
     """Each broker of the stack in turn, for tests marked ``broker_matrix``."""
@@ -160,6 +171,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "catalog_dsn",
             "kafka_bootstrap",
             "es_url",
+            "redis_url",
             "broker_bootstrap",
         }:
             item.add_marker(pytest.mark.integration)

@@ -78,7 +78,9 @@ def _status(args: argparse.Namespace) -> int:
     return _print_status(_stack(args).status(), args.json)
 
 
-_FACTS = ("version", "wal_level", "kafka_brokers", "elasticsearch_version", "error")
+_FACTS = (
+    "version", "wal_level", "kafka_brokers", "elasticsearch_version", "redis_version", "error"
+)  # fmt: skip
 
 
 def _print_status(status: dict[str, Any], as_json: bool) -> int:
@@ -95,6 +97,7 @@ def _print_status(status: dict[str, Any], as_json: bool) -> int:
             "kafka_bootstrap",
             "kafka_bootstrap_alt",
             "elasticsearch_url",
+            "redis_url",
         ):
             print(f"  {field:<20} {status[field]}")
     return 0 if status["healthy"] else 1

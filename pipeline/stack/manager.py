@@ -25,13 +25,14 @@ from elasticsearch import Elasticsearch
 
 from pipeline.stack.brokers import NoidaService, TansuService
 from pipeline.stack.postgres import PostgresService
+from pipeline.stack.redis_server import RedisService, redis_ping
 from pipeline.stack.state import ServiceState, StackState, read_state, write_state
 
 log = logging.getLogger(__name__)
 _QUIET = logging.getLogger("pipeline.stack.probe.librdkafka")
 _QUIET.setLevel(logging.CRITICAL)
 
-SERVICES = ("postgres", "noida", "tansu")
+SERVICES = ("postgres", "noida", "tansu", "redis")
 
 
 class Service(Protocol):
@@ -77,9 +78,10 @@ class Stack:
         self.postgres = PostgresService(stack_dir)
         self.noida = NoidaService(stack_dir)
         self.tansu = TansuService(stack_dir)
+        self.redis = RedisService(stack_dir)
 
     def _services(self) -> list[Service]:
-        return [self.postgres, self.noida, self.tansu]
+        return [self.postgres, self.noida, self.tansu, self.redis]
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[StackState]:
@@ -128,6 +130,8 @@ class Stack:
             self.tansu.wait_until(
                 st, lambda: kafka_metadata(endpoints["kafka_bootstrap_alt"]), "Kafka API", timeout
             )
+        elif name == "redis":
+            self.redis.wait_until(st, lambda: redis_ping(endpoints["redis_url"]), "PING", timeout)
 
     def down(self, wipe: bool = False) -> None:
         """Stop what the stack started; with ``wipe``, delete its data as well."""
@@ -154,6 +158,7 @@ class Stack:
             "kafka_bootstrap",
             "kafka_bootstrap_alt",
             "elasticsearch_url",
+            "redis_url",
         ):
             out[field] = endpoints.get(field)
         services: dict[str, Any] = {}
@@ -178,6 +183,7 @@ class Stack:
             ("noida", "kafka_bootstrap", brokers),
             ("noida", "elasticsearch_url", es_version),
             ("tansu", "kafka_bootstrap_alt", brokers),
+            ("redis", "redis_url", redis_ping),
         ]
         for name, field, check in checks:
             entry = services[name]

@@ -28,7 +28,7 @@ class ServiceState(BaseModel):
 
 
 class StackState(BaseModel):
-    """Every managed service, keyed by name (``postgres``, ``noida``, ``tansu``)."""
+    """Every managed service, keyed by name (``postgres``, ``noida``, ``tansu``, ``redis``)."""
 
     services: dict[str, ServiceState] = Field(default_factory=dict)
 
@@ -49,6 +49,9 @@ class StackState(BaseModel):
         tansu = self.services.get("tansu")
         if tansu and "kafka" in tansu.ports:
             out["kafka_bootstrap_alt"] = f"127.0.0.1:{tansu.ports['kafka']}"
+        redis = self.services.get("redis")
+        if redis and "redis" in redis.ports:
+            out["redis_url"] = f"redis://127.0.0.1:{redis.ports['redis']}/0"
         return out
 
 

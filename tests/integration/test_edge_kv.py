@@ -1,0 +1,255 @@
+"""The edge KV consumer end to end on its three backends: SQLite, Redis, the KV REST API.
+
+PostgreSQL -> reader -> assembler -> ``EdgeKvSink`` on each backend at once (three
+consumer groups); after the edits every backend holds exactly the layout computed from
+the database (``expected_documents`` + SQL for ``stores`` and ``cms_pages``).  Then:
+no-op redeliveries leave ``pulse`` alone, a change moves it; a burst of 1,000 edits to
+one product keeps the REST contract server free of same-second writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import Producer
+
+from consumers.edge_kv.backends.base import KvBackend
+from consumers.edge_kv.backends.redis import RedisBackend
+from consumers.edge_kv.backends.rest import RestBackend
+from consumers.edge_kv.backends.sqlite import SqliteBackend
+from consumers.edge_kv.layout import PULSE, Catalog, CmsRow, StoreRow, full_layout, product_value
+from consumers.edge_kv.sink import EdgeKvSink
+from consumers.runtime import ConsumerRuntime, RuntimeSettings
+from pipeline.assembler.codec import doc_key, doc_topic, headers_of
+from pipeline.assembler.reference import expected_documents
+from pipeline.assembler.topics import document_codec, latest_documents
+from pipeline.demo.edits import run_edits
+from pipeline.demo.seed import seed_catalog
+from pipeline.kafka import TopicSpec, ensure_topics, producer_config
+from tests.contracts.kv_rest import Server
+from tests.integration.assembler_support import running_assembler, wait_in_sync
+from tests.integration.reader_support import running_reader, wait_for
+from tests.integration.test_consumer_runtime import _dlq, _produce, _product, running
+
+pytestmark = pytest.mark.integration
+
+PAGE_SIZE = 5  # small pages: several per category with 40 products
+KEY = "main:product:barista-coffee-machine-7"  # the url key of tests' _product()
+
+
+def expected_layout(dsn: str, page_size: int = PAGE_SIZE) -> dict[str, str]:
+    """The layout the database says the store must hold (without ``pulse``)."""
+    with psycopg.connect(dsn) as conn:
+        products, categories = expected_documents(conn)
+        stores = conn.execute("SELECT id, code, name, currency, locale FROM stores").fetchall()
+        pages = conn.execute(
+            "SELECT id, store_id, identifier, title, content, active, updated_at FROM cms_pages"
+        ).fetchall()
+    catalog = Catalog(page_size)
+    for c in categories.values():
+        catalog.put("category", c.id, c)
+    for p in products.values():
+        catalog.put("product", p.id, p)
+    for sid, code, name, currency, locale in stores:
+        catalog.put("store", sid, StoreRow(sid, code, name, currency.strip(), locale))
+    for pid, sid, ident, title, content, active, updated in pages:
+        row = CmsRow(pid, sid, ident, title, content, active, updated.astimezone(UTC).isoformat())
+        catalog.put("cms", pid, row)
+    return full_layout(catalog)
+
+
+def contents(backend: KvBackend) -> dict[str, str]:
+    out = {}
+    for key in backend.list(""):
+        value = backend.get(key)
+        assert value is not None
+        out[key] = value
+    return out
+
+
+@contextmanager
+def three_backends(
+    tmp_path: Path, bootstrap: str, redis_url: str, prefix: str, kv: Server
+) -> Iterator[dict[str, tuple[ConsumerRuntime, KvBackend]]]:
+    """An edge-kv consumer on each backend (own group, own state), and a reader backend."""
+    made: dict[str, tuple[KvBackend, KvBackend]] = {
+        "sqlite": (SqliteBackend(tmp_path / "kv.sqlite"), SqliteBackend(tmp_path / "kv.sqlite")),
+        "redis": (
+            RedisBackend(redis_url, namespace=f"{prefix}:"),
+            RedisBackend(redis_url, namespace=f"{prefix}:"),
+        ),
+        "rest": (
+            RestBackend(kv.api_url, kv.account, kv.namespace, kv.token),
+            RestBackend(kv.api_url, kv.account, kv.namespace, kv.token),
+        ),
+    }
+    out: dict[str, tuple[ConsumerRuntime, KvBackend]] = {}
+    with ExitStack() as stack:
+        for name, (backend, reader) in made.items():
+            sink = EdgeKvSink(backend, tmp_path / f"{name}.state", page_size=PAGE_SIZE)
+            runtime = ConsumerRuntime(
+                sink,
+                bootstrap=bootstrap,
+                topic_prefix=prefix,
+                settings=RuntimeSettings(
+                    poll_timeout=0.2, backoff_initial=0.05, group=f"{prefix}-edge-kv-{name}"
+                ),
+            )
+            stack.enter_context(running(runtime))
+            reader.open()
+            stack.callback(reader.close)
+            out[name] = (runtime, reader)
+        yield out
+
+
+def _pulses(backends: dict[str, tuple[ConsumerRuntime, KvBackend]]) -> dict[str, str | None]:
+    return {name: b.get(PULSE) for name, (_, b) in backends.items()}
+
+
+def test_every_backend_follows_the_database(
+    catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str, redis_url: str, tmp_path: Path
+) -> None:
+    seed_catalog(catalog_dsn, products=40, seed=21)
+    with psycopg.connect(catalog_dsn) as conn:
+        row = conn.execute(
+            "SELECT p.id, s.code, p.url_key FROM products p JOIN stores s ON s.id = p.store_id "
+            "WHERE p.active AND p.deleted_at IS NULL ORDER BY p.id LIMIT 1"
+        ).fetchone()
+    assert row is not None
+    renamed_id, store, old_url_key = row
+    old_key = f"{store}:product:{old_url_key}"
+    with (
+        Server() as kv,
+        running_reader(catalog_dsn, kafka_bootstrap, topic_prefix),
+        running_assembler(kafka_bootstrap, topic_prefix, tmp_path / "a.sqlite"),
+        three_backends(tmp_path, kafka_bootstrap, redis_url, topic_prefix, kv) as backends,
+    ):
+        assert isinstance(kv, Server)
+        wait_for(lambda: all(b.get(old_key) for _, b in backends.values()), 60, "the first product")
+        with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE products SET url_key = 'renamed-for-the-test' WHERE id = %s", (renamed_id,)
+            )
+            conn.execute("UPDATE stores SET name = 'Renamed store' WHERE code = %s", (store,))
+            conn.execute(
+                "UPDATE cms_pages SET active = false WHERE id = (SELECT min(id) FROM cms_pages)"
+            )
+        run_edits(catalog_dsn, rate=30, duration=4, seed=5)
+        wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix)
+
+        def equal() -> bool:
+            want = expected_layout(catalog_dsn)
+            return all(
+                {k: v for k, v in contents(b).items() if k != PULSE} == want
+                for _, b in backends.values()
+            )
+
+        wait_for(equal, 60, "every backend to equal the database's layout")
+        want = expected_layout(catalog_dsn)
+        for part in (":config", ":categories", ":cms:", ":product:", ":products:category:"):
+            assert sum(part in k for k in want) >= 1, part
+        assert sum(":product:" in k for k in want) >= 25
+        with psycopg.connect(catalog_dsn) as conn:
+            products, _ = expected_documents(conn)
+        for name, (_, b) in backends.items():
+            got = contents(b)
+            assert old_key not in got, name  # the rename left no stale key
+            assert got.get(f"{store}:config") and "Renamed store" in got[f"{store}:config"]
+            # a few facts checked without the layout code
+            doc = products.get(renamed_id)
+            if doc is not None and doc.active:
+                key = f"{doc.store.code}:product:renamed-for-the-test"
+                assert json.loads(got[key]) == json.loads(product_value(doc)), name
+            pages = [k for k in got if ":products:category:" in k]
+            assert pages and all(len(json.loads(got[k])["products"]) <= PAGE_SIZE for k in pages)
+        assert kv.state()["violations"] == []
+
+        # No-op redeliveries (the latest documents again, same versions): pulse stays.
+        pulses = _pulses(backends)
+        assert all(pulses.values()), pulses
+        latest = latest_documents(kafka_bootstrap, topic_prefix, "product")
+        codec = document_codec(kafka_bootstrap, topic_prefix)
+        producer = Producer(producer_config(kafka_bootstrap))
+        for m in list(latest.values())[:20]:
+            producer.produce(
+                doc_topic(topic_prefix, "product"),
+                key=doc_key(m.id),
+                value=None if m.doc is None else codec.encode(m.doc),
+                partition=m.partition,
+                headers=headers_of("product", m.version, m.source_ts_ms),
+            )
+        assert producer.flush(30) == 0
+        before = {n: r.stats["records"] for n, (r, _) in backends.items()}
+        wait_for(
+            lambda: all(r.stats["records"] >= before[n] + 20 for n, (r, _) in backends.items()),
+            30,
+            "the redeliveries",
+        )
+        assert _pulses(backends) == pulses
+        # A real change moves every pulse.
+        with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE products SET price = price + 1 WHERE id = %s", (renamed_id,))
+        wait_for(
+            lambda: all(p != pulses[n] for n, p in _pulses(backends).items()), 30, "new pulses"
+        )
+        wait_for(lambda: equal(), 30, "the price change")
+        assert kv.state()["violations"] == []
+
+
+def test_burst_to_one_product_on_rest(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """1,000 versions of one product in ~3 s: at most one write a second per key."""
+    with Server() as kv:
+        assert isinstance(kv, Server)
+        backend = RestBackend(kv.api_url, kv.account, kv.namespace, kv.token)
+        runtime = ConsumerRuntime(
+            EdgeKvSink(backend, tmp_path / "rest.state"),
+            bootstrap=kafka_bootstrap,
+            topic_prefix=topic_prefix,
+            settings=RuntimeSettings(poll_timeout=0.1, backoff_initial=0.05),
+        )
+        # No reader or assembler here: the other topics the sink reads, empty.
+        ensure_topics(
+            kafka_bootstrap,
+            [TopicSpec(f"{topic_prefix}.public.{t}", 1) for t in EdgeKvSink.raw_tables]
+            + [TopicSpec(doc_topic(topic_prefix, "category"), 1)],
+        )
+        long_key = _product(2, 1).model_copy(update={"url_key": "x" * 600})
+        _produce(kafka_bootstrap, topic_prefix, [(2, long_key)])
+        with running(runtime):
+            version = 0
+            for _round in range(10):
+                items: list[tuple[int, Any]] = []
+                for _ in range(100):
+                    version += 1
+                    doc = _product(1, version).model_copy(
+                        update={"price": Decimal(version).scaleb(-2)}
+                    )
+                    items.append((1, doc))
+                _produce(kafka_bootstrap, topic_prefix, items)
+                wait_for(lambda: runtime.stats["records"] > 0, 30, "the consumer")
+            wait_for(
+                lambda: json.loads(kv.state()["keys"].get(KEY, "{}")).get("price") == "10.00",
+                30,
+                "the last version",
+            )
+            assert runtime.caught_up.wait(30)
+        state = kv.state()
+        assert state["violations"] == [], state["violations"][:5]
+        assert json.loads(state["keys"][KEY])["price"] == "10.00"
+        assert state["writes"][KEY] < 30, state["writes"]
+        assert state["writes"][PULSE] < 30, state["writes"]
+        assert backend.stats["waits"] > 0  # hot keys were held back, not sent twice a second
+        dead = _dlq(kafka_bootstrap, f"{topic_prefix}.dlq.edge-kv")
+        reasons = [dict(m.headers())["error"].decode() for m in dead]
+        assert any("product 2" in r and "url_key" in r for r in reasons), reasons
+        assert not any(k.startswith("main:product:xxx") for k in state["keys"])
