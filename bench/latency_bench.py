@@ -1,0 +1,377 @@
+"""Commit-to-indexed latency of the whole pipeline, at the highest edit rate it sustains.
+
+One database with the demo catalog (N products); ``catalog-cdc reader`` and
+``catalog-cdc assembler`` run as subprocesses, the search consumer (the consumer
+runtime + ``SearchSink``) in this process; the edits (``pipeline.demo.edits``, the
+realistic mix: prices, stock, new products, renames, deletes, brand renames that fan
+out to many products...) come from a subprocess too.
+
+For every record the consumer confirms, latency = the time Elasticsearch acknowledged
+it (and the offset was committed) minus the PostgreSQL commit timestamp of the newest
+change in it (``source_ts_ms``): commit-to-indexed, one clock.
+
+Rates are probed upwards (15 s each); a rate is *sustained* when the edits reach
+95 % of it, the p99 latency stays under 5 s and the pipeline drains within 5 s
+after the edits stop.  The highest sustained rate is then run for 60 s: p50/p99/max,
+the rate reached, and the writes the sink saved (documents whose indexed content
+had not changed since its last write, skipped by content hash).
+
+Usage: python bench/latency_bench.py [--products N] [--rates 25,50,...] [--duration S] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer
+from elasticsearch import Elasticsearch, NotFoundError
+from psycopg import sql
+from reader_bench import _cpu_s, _vm_hwm_kb, _with_db
+
+from consumers.runtime import ConsumerRuntime, Record, RuntimeSettings
+from consumers.search.sink import SearchSink, delete_index
+from pipeline.demo.catalog import load_schema
+from pipeline.demo.seed import seed_catalog
+from pipeline.kafka import consumer_config, pause_while_idle
+from pipeline.settings import load_connections
+
+CLI = str(Path(sys.executable).parent / "catalog-cdc")
+SUSTAINED_P99_S = 5.0
+SUSTAINED_DRAIN_S = 5.0
+
+
+class _Collector:
+    """Latencies of the records confirmed since ``start(t0)`` whose commit is after t0."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.since_ms = float("inf")
+        self.latencies: list[float] = []
+        self.last_ack = 0.0
+
+    def start(self) -> None:
+        with self.lock:
+            self.since_ms = time.time() * 1000
+            self.latencies = []
+
+    def on_batch(self, records: Sequence[Record], acked_at: float) -> None:
+        with self.lock:
+            self.last_ack = acked_at
+            for r in records:
+                if r.source_ts_ms >= self.since_ms:
+                    self.latencies.append(acked_at - r.source_ts_ms / 1000)
+
+
+class _DocTopicWatch:
+    """Commit-to-document-topic latency (reader + assembler): the document message's
+    create timestamp (the assembler's produce time) minus its ``source_ts_ms``."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        self.consumer = Consumer(consumer_config(bootstrap, f"bench-lat-{uuid.uuid4().hex[:6]}"))
+        self.consumer.subscribe([f"{prefix}.doc.products"])
+        self.col = _Collector()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            msgs = self.consumer.consume(1000, 0.05)
+            if not msgs:
+                pause_while_idle([self.consumer], 0.15, self.stop.wait)
+            for msg in msgs:
+                if msg.error():
+                    continue
+                headers = dict(msg.headers() or [])
+                ts_ms = int(headers.get("source_ts_ms", b"0"))
+                kind, created = msg.timestamp()
+                if ts_ms >= self.col.since_ms and kind != TIMESTAMP_NOT_AVAILABLE:
+                    with self.col.lock:
+                        self.col.latencies.append(created / 1000 - ts_ms / 1000)
+        self.consumer.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def _summary(lat: list[float]) -> dict[str, float | None]:
+    if not lat:
+        return {"p50_s": None, "p99_s": None, "max_s": None}
+    return {"p50_s": _percentile(lat, 0.5), "p99_s": _percentile(lat, 0.99), "max_s": max(lat)}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextlib.contextmanager
+def _service(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([CLI, "--log-level", "warning", *args], env=env)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _edits(dsn: str, rate: float, duration: float, seed: int) -> dict[str, Any]:
+    code = (
+        "import dataclasses, json, logging; logging.disable(logging.WARNING)\n"
+        "from pipeline.demo.edits import run_edits\n"
+        f"s = run_edits({dsn!r}, rate={rate}, duration={duration}, seed={seed})\n"
+        "print(json.dumps(dataclasses.asdict(s)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _phase(
+    dsn: str,
+    runtime: ConsumerRuntime,
+    sink: SearchSink,
+    col: _Collector,
+    watch: _DocTopicWatch,
+    pids: dict[str, int],
+    rate: float,
+    s: float,
+) -> dict[str, Any]:
+    before = dict(sink.stats)
+    cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
+    t0 = time.monotonic()
+    col.start()
+    watch.col.start()
+    edits = _edits(dsn, rate, s, seed=int(rate))
+    ended = time.time()
+    # Drained: nothing confirmed for 3 s and the consumer at the end of its topics.
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        with col.lock:
+            quiet = time.time() - max(col.last_ack, ended) > 3.0
+        if quiet and runtime.caught_up.is_set():
+            break
+    with col.lock:
+        lat, last_ack = list(col.latencies), col.last_ack
+    with watch.col.lock:
+        doc_lat = list(watch.col.latencies)
+    wall = time.monotonic() - t0
+    cpu = {name: (_cpu_s(pid) - cpu0[name]) / wall for name, pid in pids.items()}
+    after = dict(sink.stats)
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    written = delta["indexed"] + delta["deleted"] + delta["noop"]
+    achieved = edits["committed"] / max(edits["elapsed_s"], 1e-9)
+    drain = max(0.0, last_ack - ended)
+    result = {
+        "rate": rate,
+        "seconds": s,
+        "edits_committed": edits["committed"],
+        "edits_per_s": achieved,
+        "brand_renames": edits["brand_renames"],
+        "records": len(lat),
+        "p50_s": _percentile(lat, 0.50) if lat else None,
+        "p99_s": _percentile(lat, 0.99) if lat else None,
+        "max_s": max(lat) if lat else None,
+        "mean_s": statistics.fmean(lat) if lat else None,
+        "drain_s": drain,
+        "doc_topic": {"documents": len(doc_lat), **_summary(doc_lat)},
+        "cpu_cores": cpu,
+        "sink": delta,
+        "writes_sent": written,
+        "writes_saved": delta["skipped_unchanged"],
+    }
+    result["sustained"] = bool(
+        lat
+        and achieved >= 0.95 * rate
+        and result["p99_s"] is not None
+        and result["p99_s"] <= SUSTAINED_P99_S
+        and drain <= SUSTAINED_DRAIN_S
+    )
+    return result
+
+
+def run(
+    admin_dsn: str, bootstrap: str, es_url: str, products: int, rates: list[float], duration: float
+) -> dict[str, Any]:
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    prefix = f"lat{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    dsn = _with_db(admin_dsn, db)
+    es = Elasticsearch(es_url, request_timeout=120)
+    stop = threading.Event()
+    try:
+        with psycopg.connect(dsn) as conn:
+            load_schema(conn)
+        seed_catalog(dsn, products=products, seed=42)
+        env = {
+            **os.environ,
+            "CATALOG_CDC_POSTGRES_DSN": dsn,
+            "CATALOG_CDC_KAFKA_BOOTSTRAP": bootstrap,
+            "CATALOG_CDC_TOPIC_PREFIX": prefix,
+            "CATALOG_CDC_READER_SLOT": f"s_{prefix}",
+            "CATALOG_CDC_READER_PUBLICATION": f"p_{prefix}",
+        }
+        col = _Collector()
+        sink = SearchSink(Elasticsearch(es_url, request_timeout=120), prefix)
+        runtime = ConsumerRuntime(
+            sink,
+            bootstrap=bootstrap,
+            topic_prefix=prefix,
+            settings=RuntimeSettings(poll_timeout=0.1),
+            on_batch=col.on_batch,
+        )
+        errors: list[BaseException] = []
+
+        def consume() -> None:
+            try:
+                runtime.run(stop)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            _service(["reader"], env) as reader,
+            _service(["assembler", "--state", f"{tmp}/a.sqlite"], env) as assembler,
+        ):
+            thread = threading.Thread(target=consume, daemon=True)
+            thread.start()
+            t0 = time.monotonic()
+            # The initial load is in once something was indexed, nothing more for 3 s
+            # and the consumer is at the end of the document topics.
+            while not (
+                sink.stats["indexed"] > 0
+                and time.time() - col.last_ack > 3.0
+                and runtime.caught_up.is_set()
+            ):
+                if errors:
+                    raise errors[0]
+                if time.monotonic() - t0 > 900:
+                    raise RuntimeError(f"initial load not indexed: {sink.stats}")
+                time.sleep(0.5)
+            print(f"initial load indexed in {time.monotonic() - t0:.0f} s", flush=True)
+            probes = []
+            best: float | None = None
+            watch = _DocTopicWatch(bootstrap, prefix)
+            pids = {
+                "reader": reader.pid,
+                "assembler": assembler.pid,
+                "search consumer + bench": os.getpid(),
+                **_stack_pids(),
+            }
+            for rate in rates:
+                r = _phase(dsn, runtime, sink, col, watch, pids, rate, 15.0)
+                probes.append(r)
+                print(_line("probe", r), flush=True)
+                if not r["sustained"]:
+                    break
+                best = rate
+            final = _phase(dsn, runtime, sink, col, watch, pids, best or rates[0], duration)
+            watch.close()
+            print(_line("final", final), flush=True)
+            rss = {
+                "reader": _vm_hwm_kb(reader.pid) / 1024,
+                "assembler": _vm_hwm_kb(assembler.pid) / 1024,
+                "search consumer (bench process)": _vm_hwm_kb(os.getpid()) / 1024,
+            }
+            stop.set()
+            thread.join(60)
+        if errors:
+            raise errors[0]
+        return {
+            "products": products,
+            "probes": probes,
+            "best_rate": best,
+            "final": final,
+            "peak_rss_mb": rss,
+        }
+    finally:
+        stop.set()
+        with contextlib.suppress(NotFoundError):
+            delete_index(es, prefix)
+        with contextlib.suppress(NotFoundError):
+            es.indices.delete_index_template(name=f"{prefix}-products")
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            time.sleep(1.0)
+            for (slot,) in conn.execute(
+                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (db,)
+            ).fetchall():
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+            )
+
+
+def _stack_pids() -> dict[str, int]:
+    """PostgreSQL (the postmaster alone, not its backends) and noida-db (Kafka +
+    Elasticsearch APIs) of the local stack."""
+    from pipeline.settings import default_stack_dir
+    from pipeline.stack.state import read_state
+
+    state = read_state(default_stack_dir())
+    out = {}
+    for name, label in (("postgres", "postgres (postmaster)"), ("noida", "noida-db")):
+        svc = None if state is None else state.services.get(name)
+        if svc is not None and svc.pid:
+            out[label] = svc.pid
+    return out
+
+
+def _line(what: str, r: dict[str, Any]) -> str:
+    if not r["records"]:
+        return f"{what} {r['rate']:.0f} edits/s: nothing confirmed"
+    return (
+        f"{what} {r['rate']:.0f} edits/s for {r['seconds']:.0f} s: reached "
+        f"{r['edits_per_s']:.0f}/s, {r['records']} records, p50 {r['p50_s']:.2f} s, "
+        f"p99 {r['p99_s']:.2f} s, max {r['max_s']:.2f} s, drain {r['drain_s']:.1f} s, "
+        f"doc topic p50 {r['doc_topic']['p50_s'] or 0:.2f} s p99 {r['doc_topic']['p99_s'] or 0:.2f} s, "
+        f"cpu {', '.join(f'{k} {v:.2f}' for k, v in r['cpu_cores'].items())}, "
+        f"writes sent {r['writes_sent']}, saved {r['writes_saved']} -> "
+        f"{'sustained' if r['sustained'] else 'NOT sustained'}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", type=int, default=2000)
+    parser.add_argument("--rates", default="25,50,100,200,400", help="edits/s to probe, ascending")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of the final run")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    conns = load_connections()
+    admin = _with_db(conns.require("postgres_dsn"), "postgres")
+    result = run(
+        admin,
+        conns.require("kafka_bootstrap"),
+        conns.require("elasticsearch_url"),
+        args.products,
+        [float(x) for x in args.rates.split(",")],
+        args.duration,
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
