@@ -71,6 +71,7 @@ def test_the_example_file_parses_and_builds_valid_command_lines() -> None:
         "webhooks",
         "storefront-api",
         "search-service",
+        "edge-kv",
     ]
     check_command_lines(specs, build_parser(), str(path))
     assert all(s.argv[:4] == ("--log-level", "debug", "--log-format", "json") for s in specs)
