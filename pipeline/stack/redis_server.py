@@ -8,6 +8,8 @@ without complaint, so no user switch is needed.
 from __future__ import annotations
 
 import shutil
+import socket
+from urllib.parse import urlsplit
 
 from pipeline.errors import StackError
 from pipeline.stack.brokers import ProcessService
@@ -46,12 +48,27 @@ class RedisService(ProcessService):
 
 
 def redis_ping(url: str, timeout: float = 3.0) -> dict[str, str]:
-    """The server's version (raises when unreachable)."""
-    import redis
+    """The server's version (raises when unreachable).
 
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    try:
-        client.ping()
-        return {"redis_version": str(client.info("server")["redis_version"])}
-    finally:
-        client.close()
+    Speaks RESP over a plain socket (``PING``, ``INFO server``) rather than through
+    redis-py, so that the stack does not depend on the client's import-time needs
+    (redis-py wants ``async_timeout`` on Python < 3.11.3, which a venv made from a
+    newer Python lacks when the stack tests run the system's Python).
+    """
+    parts = urlsplit(url)
+    with socket.create_connection(
+        (parts.hostname or "127.0.0.1", parts.port or 6379), timeout
+    ) as sock:
+        sock.sendall(b"PING\r\nINFO server\r\n")
+        data = b""
+        while b"redis_version:" not in data or not data.endswith(b"\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if not data.startswith(b"+PONG"):
+        raise StackError(f"redis at {url} did not answer PING: {data[:80]!r}")
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("redis_version:"):
+            return {"redis_version": line.split(":", 1)[1].strip()}
+    raise StackError(f"redis at {url}: no redis_version in INFO")
