@@ -56,6 +56,7 @@ from pipeline.kafka import (
     pause_while_idle,
     producer_config,
 )
+from pipeline.settings import metrics_address
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ class ConsumerRuntime:
         self.consumer = Consumer(consumer_config(self.bootstrap, self.group))
         if self.settings.metrics_port is not None:
             start_http_server(
-                self.settings.metrics_port, addr="127.0.0.1", registry=self.metrics.registry
+                self.settings.metrics_port, addr=metrics_address(), registry=self.metrics.registry
             )
         self._wait_for_topics(topics, stop)
         if stop.is_set():

@@ -87,3 +87,10 @@ def load_connections(stack_dir: Path | None = None) -> ConnectionSettings:
         if getattr(settings, field, None) in (None, "") and value
     }
     return settings.model_copy(update=updates)
+
+
+def metrics_address() -> str:
+    """The address the services serve Prometheus ``/metrics`` on:
+    ``CATALOG_CDC_METRICS_ADDR``, default ``127.0.0.1`` (``0.0.0.0`` in containers, so
+    that Prometheus in another container can scrape them)."""
+    return os.environ.get(f"{ENV_PREFIX}METRICS_ADDR", "127.0.0.1")

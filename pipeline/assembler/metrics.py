@@ -47,4 +47,6 @@ class AssemblerMetrics:
         )
 
     def serve(self, port: int) -> None:
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        from pipeline.settings import metrics_address
+
+        start_http_server(port, addr=metrics_address(), registry=self.registry)

@@ -53,6 +53,7 @@ from pipeline.reader.snapshot import (
     prepare_snapshot_session,
 )
 from pipeline.reader.state import ReaderStateStore
+from pipeline.settings import metrics_address
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ class Reader:
         prepare_snapshot_session(self.conn)
         self._producer = Producer(producer_config(self.bootstrap))
         if self.settings.metrics_port is not None:
-            self.metrics.serve(self.settings.metrics_port)
+            self.metrics.serve(self.settings.metrics_port, metrics_address())
         try:
             # Schema store connections first: they come up while the database is set up.
             prepare = getattr(self.codec, "prepare", None)

@@ -81,9 +81,6 @@ args = ["--heartbeat-interval", "1"]
 
 [consumers.jsonl]
 options = {{ path = "{jsonl}", kinds = "product" }}
-# Fetch without the idle pause: with it this consumer took 8-30 s to see new documents
-# on the local broker (see docs/run.md); the test is about supervising, not latency.
-args = ["--idle-pause", "0"]
 
 [consumers.search]
 enabled = false
