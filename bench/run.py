@@ -62,17 +62,18 @@ def main() -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["reader", "assembler", "search"],
+        choices=["reader", "assembler", "search", "latency"],
         help="run only these benchmarks (repeatable); the others are rendered from bench/out/",
     )
     args = parser.parse_args()
-    only = set(args.only or ["reader", "assembler", "search"])
+    only = set(args.only or ["reader", "assembler", "search", "latency"])
     rows, rounds, big = (50_000, 1, 200_000) if args.quick else (200_000, 5, 1_000_000)
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
     reader_json = out_dir / "reader.json"
     assembler_json = out_dir / "assembler.json"
     search_json = out_dir / "search.json"
+    latency_json = out_dir / "latency.json"
     # The reader first: the other benchmarks leave the broker busy for a while.
     if not args.render_only and "reader" in only:
         subprocess.run(
@@ -88,10 +89,17 @@ def main() -> int:
             check=True,
         )  # fmt: skip
     if not args.render_only and "search" in only:
-        docs, overwrites, srounds = (1_000, 200, 1) if args.quick else (5_000, 1_000, 3)
+        docs, overwrites, srounds = (1_000, 200, 1) if args.quick else (5_000, 3_000, 5)
         subprocess.run(
             [sys.executable, str(HERE / "search_bench.py"), "--products", str(docs),
              "--overwrites", str(overwrites), "--rounds", str(srounds), "--json", str(search_json)],
+            check=True,
+        )  # fmt: skip
+    if not args.render_only and "latency" in only:
+        products, duration = (1_000, 20) if args.quick else (2_000, 60)
+        subprocess.run(
+            [sys.executable, str(HERE / "latency_bench.py"), "--products", str(products),
+             "--duration", str(duration), "--json", str(latency_json)],
             check=True,
         )  # fmt: skip
     r = json.loads(reader_json.read_text())
@@ -216,6 +224,7 @@ def main() -> int:
     ]
     sys.path.insert(0, str(HERE))
     import assembler_report
+    import latency_report
     import search_report
 
     def measured(path: Path) -> list[str]:
@@ -232,6 +241,9 @@ def main() -> int:
     if search_json.exists():
         section = search_report.render(json.loads(search_json.read_text()))
         lines += section[:2] + measured(search_json) + section[2:]
+    if latency_json.exists():
+        section = latency_report.render(json.loads(latency_json.read_text()))
+        lines += section[:2] + measured(latency_json) + section[2:]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print((HERE / "RESULTS.md").read_text())
     return 0
