@@ -253,3 +253,33 @@ def test_burst_to_one_product_on_rest(
         reasons = [dict(m.headers())["error"].decode() for m in dead]
         assert any("product 2" in r and "url_key" in r for r in reasons), reasons
         assert not any(k.startswith("main:product:xxx") for k in state["keys"])
+
+
+def test_rest_backend_rules_against_the_contract_server() -> None:
+    """No stack needed: auth, transient retries that resend only what is unconfirmed,
+    a hot key held back a second, list/get with cursors."""
+    import time
+
+    from consumers.runtime import SinkError, TransientSinkError
+
+    with Server(write_interval=1.0) as kv:
+        assert isinstance(kv, Server)
+        bad = RestBackend(kv.api_url, kv.account, kv.namespace, "wrong")
+        with pytest.raises(SinkError, match="token"):
+            bad.open()
+        bad.close()
+        b = RestBackend(kv.api_url, kv.account, kv.namespace, kv.token)
+        b.open()
+        b.apply({f"k:{i:04d}": str(i) for i in range(1500)} | {PULSE: "p1"}, ())
+        assert b.list("k:") == [f"k:{i:04d}" for i in range(1500)]  # two pages of keys
+        assert b.get("k:0007") == "7" and b.get("missing") is None
+        kv.fail_next(503)
+        with pytest.raises(TransientSinkError):
+            b.apply({"a": "1"}, ["k:0001"])
+        started = time.monotonic()
+        b.apply({"a": "1", PULSE: "p2"}, ["k:0001"])  # pulse was written < 1 s ago: waits
+        assert time.monotonic() - started >= 0.5 or b.stats["waits"] > 0
+        state = kv.state()
+        assert state["violations"] == [] and state["keys"][PULSE] == "p2"
+        assert "k:0001" not in state["keys"] and state["keys"]["a"] == "1"
+        b.close()
