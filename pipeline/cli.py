@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.reader import cli as reader_cli
     from pipeline.stack import cli as stack_cli
     from pipeline.supervisor import cli as supervisor_cli
+    from pipeline.verify import cli as verify_cli
 
     parser = argparse.ArgumentParser(
         prog="catalog-cdc",
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     kv_cli.register(sub)
     contract_servers.register(sub)
     supervisor_cli.register(sub)
+    verify_cli.register(sub)
     return parser
 
 
