@@ -27,6 +27,9 @@ class SinkContext:
 
     connections: ConnectionSettings
     options: Mapping[str, str] = field(default_factory=dict)
+    replay: bool = False
+    """Built for ``catalog-cdc replay``: re-send what the sink's own bookkeeping (last
+    versions, content hashes) would skip — a replay rebuilds the target."""
 
 
 SinkFactory = Callable[[SinkContext], Sink]

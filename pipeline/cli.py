@@ -24,9 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     from consumers import cli as consumers_cli
     from consumers.edge_kv import cli as kv_cli
     from pipeline import contract_servers
+    from pipeline.admin import cli as admin_cli
     from pipeline.assembler import cli as assembler_cli
     from pipeline.demo import cli as demo_cli
     from pipeline.reader import cli as reader_cli
+    from pipeline.replay import cli as replay_cli
     from pipeline.stack import cli as stack_cli
     from pipeline.supervisor import cli as supervisor_cli
     from pipeline.verify import cli as verify_cli
@@ -55,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     consumers_cli.register(sub)
     kv_cli.register(sub)
     contract_servers.register(sub)
+    replay_cli.register(sub)
     supervisor_cli.register(sub)
+    admin_cli.register(sub)
     verify_cli.register(sub)
     return parser
 

@@ -56,10 +56,14 @@ class SearchSink:
     name = "search"
     kinds = ("product",)
 
-    def __init__(self, es: Elasticsearch, index_prefix: str) -> None:
+    def __init__(
+        self, es: Elasticsearch, index_prefix: str, target_index: str | None = None
+    ) -> None:
         self.es = es
         self.prefix = index_prefix
         self.alias = mapping.alias(index_prefix)
+        self.target_index = target_index
+        """Write here instead of the alias (a replay building a new generation)."""
         self._pending: dict[int, _Op] = {}
         self._written: dict[int, str] = {}  # id -> content hash of the last write
         self.stats = {"indexed": 0, "deleted": 0, "noop": 0, "skipped_unchanged": 0}
@@ -137,7 +141,7 @@ class SearchSink:
     def _bulk(self, ops: list[_Op], rejected: list[Rejected]) -> dict[int, _Op]:
         """Send one bulk request (NDJSON built from the serialized bodies); return the
         ops to retry."""
-        index = json.dumps(self.alias).encode()
+        index = json.dumps(self.target_index or self.alias).encode()
         lines: list[bytes] = []
         for op in ops:
             action = b"index" if op.source is not None else b"delete"

@@ -1,0 +1,418 @@
+"""Rebuilding a sink from the document topics, beside the live consumer.
+
+A replay reads the compacted document topics ``{prefix}.doc.products`` /
+``.categories`` with its own assignment (no consumer group: the live consumer's
+offsets are not touched) from the beginning, or from ``--from-time``, and hands the
+records to a sink built for the replay (``SinkContext.options["replay"] = "1"``: a
+sink re-sends what its own bookkeeping would skip).  A :class:`ReplayPlan` adapts
+this per consumer: the search plan writes into a new index generation and swaps the
+alias at the end; the default plan re-sends everything as idempotent upserts.
+
+Passes: the first reads to the end offsets seen at start; then the plan's
+``switch`` (e.g. the alias swap); then a last pass reads whatever arrived meanwhile
+(the live consumer may have written it to the old target only).  Everything a pass
+wrote is durable (the sink flushed) before the positions are saved.
+
+Resume: the positions, the pass and the plan's own state are saved atomically to a
+JSON state file after every flushed batch; an interrupted replay started again with
+the same state file resumes where it stopped.
+
+Guarantee: at-least-once into the new target; writes are idempotent (versions), so a
+resumed replay re-writing a batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from consumers.runtime import Record, Rejected, Sink, TransientSinkError
+from pipeline.assembler.codec import DocumentCodec, doc_topic
+from pipeline.errors import CatalogCdcError
+from pipeline.kafka import consumer_config
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ReplayError",
+    "ReplayPlan",
+    "ReplayProgress",
+    "ReplayResult",
+    "Replayer",
+]
+
+
+class ReplayError(CatalogCdcError):
+    """A replay cannot go on."""
+
+
+@dataclass(frozen=True)
+class ReplayProgress:
+    consumer: str
+    phase: str  # "replaying", "switching", "catching up", "done"
+    done: int
+    total: int
+    docs_per_s: float
+    eta_s: float | None
+
+
+@dataclass
+class ReplayResult:
+    consumer: str
+    records: int
+    rejected: int
+    seconds: float
+    dry_run: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class ReplayPlan(Protocol):
+    """What is special about replaying one consumer."""
+
+    def prepare(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
+        """Before the first batch (and on resume, with what it returned last time)."""
+        ...
+
+    def switch(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
+        """After the first pass: make the rebuilt target the live one (atomic)."""
+        ...
+
+    def finish(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
+        """After the last pass (clean-up: e.g. the old generation after a grace)."""
+        ...
+
+
+class UpsertPlan:
+    """Re-send everything through the sink (idempotent upserts by id): nothing to switch."""
+
+    def prepare(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
+        return saved
+
+    def switch(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
+        return saved
+
+    def finish(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
+        return saved
+
+
+Positions = dict[str, dict[int, int]]  # topic -> partition -> next offset
+
+
+class Replayer:
+    """Runs one replay (see the module docstring)."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        plan: ReplayPlan,
+        *,
+        bootstrap: str,
+        codec: DocumentCodec,
+        topic_prefix: str,
+        state_path: Path,
+        from_time: datetime | None = None,
+        batch_size: int = 500,
+        progress: Callable[[ReplayProgress], None] | None = None,
+        stop: threading.Event | None = None,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.sink = sink
+        self.plan = plan
+        self.bootstrap = bootstrap
+        self.codec = codec
+        self.prefix = topic_prefix
+        self.state_path = state_path
+        self.from_time = from_time
+        self.batch_size = batch_size
+        self.progress = progress
+        self.stop = stop or threading.Event()
+        self.backoff_max = backoff_max
+        self.topics = [doc_topic(topic_prefix, k) for k in sink.kinds]
+        self.records = 0
+        self.rejected: list[Rejected] = []
+        self._consumer = Consumer(consumer_config(bootstrap, f"{topic_prefix}-replay-tool"))
+
+    # -- offsets ---------------------------------------------------------------------------
+
+    def _ends(self) -> Positions:
+        ends: Positions = {}
+        for topic in self.topics:
+            meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise ReplayError(
+                    f"topic {topic!r} does not exist (has `catalog-cdc assembler` run?)"
+                )
+            ends[topic] = {
+                p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in sorted(meta.partitions)
+            }
+        return ends
+
+    def _starts(self, ends: Positions) -> Positions:
+        starts: Positions = {}
+        for topic, parts in ends.items():
+            if self.from_time is None:
+                starts[topic] = {
+                    p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0]
+                    for p in parts
+                }
+                continue
+            ms = int(self.from_time.timestamp() * 1000)
+            found = self._consumer.offsets_for_times(
+                [TopicPartition(topic, p, ms) for p in parts], timeout=10
+            )
+            starts[topic] = {
+                tp.partition: (tp.offset if tp.offset >= 0 else parts[tp.partition]) for tp in found
+            }
+        return starts
+
+    @staticmethod
+    def _remaining(pos: Positions, ends: Positions) -> int:
+        return sum(
+            max(0, end - pos.get(t, {}).get(p, 0))
+            for t, parts in ends.items()
+            for p, end in parts.items()
+        )
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, Any] | None:
+        if not self.state_path.exists():
+            return None
+        data: dict[str, Any] = json.loads(self.state_path.read_text())
+        data["positions"] = {
+            t: {int(p): o for p, o in ps.items()} for t, ps in data["positions"].items()
+        }
+        data["ends"] = {t: {int(p): o for p, o in ps.items()} for t, ps in data["ends"].items()}
+        return data
+
+    def _save(self, state: dict[str, Any]) -> None:
+        """Atomically: write a temporary file, fsync, rename."""
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(self.state_path.suffix + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.state_path)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def dry_run(self) -> ReplayResult:
+        ends = self._ends()
+        total = self._remaining(self._starts(ends), ends)
+        self._consumer.close()
+        return ReplayResult(
+            self.sink.name,
+            total,
+            0,
+            0.0,
+            dry_run=True,
+            detail={"topics": {t: sum(ps.values()) for t, ps in ends.items()}},
+        )
+
+    def run(self) -> ReplayResult:
+        started = time.monotonic()
+        state = self._load()
+        if state is None:
+            ends = self._ends()
+            state = {"pass": "first", "positions": self._starts(ends), "ends": ends, "plan": {}}
+            log.info(
+                "event=replay_started consumer=%s messages=%d",
+                self.sink.name,
+                self._remaining(state["positions"], ends),
+            )
+        else:
+            log.info(
+                "event=replay_resumed consumer=%s pass=%s remaining=%d",
+                self.sink.name,
+                state["pass"],
+                self._remaining(state["positions"], state["ends"]),
+            )
+        self._retrying(self.sink.open)
+        try:
+            state["plan"] = self.plan.prepare(self.sink, state["plan"])
+            self._save(state)
+            if state["pass"] == "first":
+                self._pass(state, "replaying")
+                if self.stop.is_set():
+                    return self._result(started, state, interrupted=True)
+                state["plan"] = self.plan.switch(self.sink, state["plan"])
+                state["pass"] = "last"
+                state["ends"] = self._ends()
+                self._save(state)
+            if state["pass"] == "last":
+                self._pass(state, "catching up")
+                if self.stop.is_set():
+                    return self._result(started, state, interrupted=True)
+                state["plan"] = self.plan.finish(self.sink, state["plan"])
+                state["pass"] = "done"
+                self._save(state)
+            self._report("done", 0, 0, started)
+            return self._result(started, state)
+        finally:
+            self._consumer.close()
+            self.sink.close()
+
+    def _result(
+        self, started: float, state: dict[str, Any], interrupted: bool = False
+    ) -> ReplayResult:
+        detail = {"pass": state["pass"], **state["plan"]}
+        if interrupted:
+            detail["interrupted"] = True
+        result = ReplayResult(
+            self.sink.name,
+            self.records,
+            len(self.rejected),
+            time.monotonic() - started,
+            detail=detail,
+        )
+        if not interrupted and state["pass"] == "done":
+            self.state_path.unlink(missing_ok=True)
+        log.info(
+            "event=replay_%s consumer=%s records=%d rejected=%d seconds=%.1f",
+            "interrupted" if interrupted else "done",
+            self.sink.name,
+            result.records,
+            result.rejected,
+            result.seconds,
+        )
+        return result
+
+    def _pass(self, state: dict[str, Any], phase: str) -> None:
+        pos: Positions = state["positions"]
+        ends: Positions = state["ends"]
+        total = self._remaining(pos, ends)
+        done = 0
+        t0 = time.monotonic()
+        self._report(phase, done, total, t0)
+        for batch in self._batches(pos, ends):
+            self.sink.add(batch)
+            rejected: list[Rejected] | None = self._retrying(self.sink.flush)
+            if rejected is None:
+                return  # stopping
+            self.rejected += rejected
+            for rej in rejected:
+                log.error(
+                    "event=replay_rejected consumer=%s kind=%s id=%s reason=%s",
+                    self.sink.name,
+                    rej.record.kind,
+                    rej.record.id,
+                    rej.reason,
+                )
+            for rec in batch:
+                topic = doc_topic(self.prefix, rec.kind)
+                pos.setdefault(topic, {})[rec.partition] = rec.offset + 1
+            self.records += len(batch)
+            done += len(batch)
+            self._save(state)
+            self._report(phase, done, total, t0)
+            if self.stop.is_set():
+                return
+
+    def _batches(self, pos: Positions, ends: Positions) -> Iterator[list[Record]]:
+        todo = [
+            TopicPartition(t, p, pos.get(t, {}).get(p, OFFSET_BEGINNING))
+            for t, parts in ends.items()
+            for p, end in parts.items()
+            if end > pos.get(t, {}).get(p, 0)
+        ]
+        if not todo:
+            return
+        self._consumer.assign(todo)
+        left = {(tp.topic, tp.partition) for tp in todo}
+        batch: list[Record] = []
+        idle_since = time.monotonic()
+        while left and not self.stop.is_set():
+            msgs = self._consumer.consume(self.batch_size, 0.5)
+            if not msgs and time.monotonic() - idle_since > 60:
+                raise ReplayError(f"no messages for 60 s with {sorted(left)} not at their end")
+            for msg in msgs:
+                if msg.error():
+                    raise ReplayError(f"reading {msg.topic()}[{msg.partition()}]: {msg.error()}")
+                topic, part, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+                if (topic, part) not in left:
+                    continue
+                idle_since = time.monotonic()
+                if offset >= ends[topic][part]:
+                    left.discard((topic, part))
+                    self._consumer.pause([TopicPartition(topic, part)])
+                    continue
+                kind = "product" if topic.endswith(".doc.products") else "category"
+                batch.append(
+                    self.codec.decode_message(
+                        kind, msg.key(), msg.value(), msg.headers(), part, offset
+                    )
+                )
+                if offset + 1 >= ends[topic][part]:
+                    left.discard((topic, part))
+            if batch and (len(batch) >= self.batch_size or not left or not msgs):
+                yield batch
+                batch = []
+        if batch and not self.stop.is_set():
+            yield batch
+        self._consumer.unassign()
+
+    def _retrying(self, call: Callable[[], Any]) -> Any:
+        delay = 0.5
+        while True:
+            try:
+                return call()
+            except TransientSinkError as exc:
+                wait = min(
+                    self.backoff_max, exc.retry_after if exc.retry_after is not None else delay
+                )
+                log.warning(
+                    "event=replay_sink_unavailable consumer=%s retry_in=%.1fs error=%s",
+                    self.sink.name,
+                    wait,
+                    exc,
+                )
+                delay = min(self.backoff_max, delay * 2)
+                if self.stop.wait(wait):
+                    return None
+
+    def _report(self, phase: str, done: int, total: int, t0: float) -> None:
+        if self.progress is None:
+            return
+        elapsed = max(time.monotonic() - t0, 1e-9)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate > 0 and total > done else (0.0 if done else None)
+        self.progress(ReplayProgress(self.sink.name, phase, done, total, rate, eta))
+
+
+def terminal_progress(stream: Any = None) -> Callable[[ReplayProgress], None]:
+    """A progress bar on a terminal (one line, redrawn), else a line every 5 s."""
+    out = stream or sys.stderr
+    tty = out.isatty()
+    last = [0.0]
+
+    def show(p: ReplayProgress) -> None:
+        now = time.monotonic()
+        final = p.phase == "done" or (p.total and p.done >= p.total)
+        if not tty and not final and now - last[0] < 5:
+            return
+        last[0] = now
+        width = 30
+        frac = p.done / p.total if p.total else 1.0
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        eta = "-" if p.eta_s is None else f"{p.eta_s:,.0f} s"
+        line = (
+            f"{p.consumer} {p.phase:<11} [{bar}] {p.done:,}/{p.total:,} "
+            f"{p.docs_per_s:,.0f} docs/s ETA {eta}"
+        )
+        out.write(("\r" + line + ("\n" if final else "")) if tty else line + "\n")
+        out.flush()
+
+    return show

@@ -1,0 +1,227 @@
+"""``catalog-cdc replay`` and ``resnapshot`` on the stack: no failed search during the
+alias swap, the new index equals the topics, an interrupted replay resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from elasticsearch import Elasticsearch
+
+from consumers.runtime import ConsumerRuntime, RuntimeSettings
+from consumers.search import mapping
+from consumers.search.sink import SearchSink, delete_index
+from pipeline.assembler.topics import latest_documents
+from pipeline.demo.seed import seed_catalog
+from pipeline.replay import ReplayProgress, replay
+from pipeline.settings import ConnectionSettings
+from tests.integration.reader_support import read_events, running_reader, wait_for
+from tests.integration.test_consumer_runtime import _produce, _product, running
+
+pytestmark = pytest.mark.integration
+
+
+def _connections(kafka_bootstrap: str, es_url: str, prefix: str) -> ConnectionSettings:
+    return ConnectionSettings(
+        kafka_bootstrap=kafka_bootstrap, elasticsearch_url=es_url, topic_prefix=prefix
+    )
+
+
+def _index_versions(es: Elasticsearch, index: str) -> dict[int, int]:
+    es.indices.refresh(index=index)
+    hits = es.search(index=index, size=1000, version=True, query={"match_all": {}})["hits"]
+    return {int(h["_id"]): int(h["_version"]) for h in hits["hits"]}
+
+
+def _topic_versions(bootstrap: str, prefix: str) -> dict[int, int]:
+    latest = latest_documents(bootstrap, prefix, "product")
+    return {i: m.version for i, m in latest.items() if m.doc is not None}
+
+
+def test_search_replay_swaps_the_alias_while_searches_and_edits_go_on(
+    kafka_bootstrap: str, es_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    es = Elasticsearch(es_url)
+    _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, 10 + i)) for i in range(1, 121)])
+    live = ConsumerRuntime(
+        SearchSink(Elasticsearch(es_url), topic_prefix),
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        settings=RuntimeSettings(poll_timeout=0.05),
+    )
+    alias = mapping.alias(topic_prefix)
+    failures: list[str] = []
+    searches = [0]
+    stop_searching = threading.Event()
+
+    def search_loop() -> None:
+        while not stop_searching.is_set():
+            try:
+                es.search(index=alias, size=1, query={"match_all": {}})
+                searches[0] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                failures.append(repr(exc))
+            time.sleep(0.01)
+
+    def edit_loop() -> None:  # updates and a delete while the replay runs
+        for round_ in range(1, 6):
+            _produce(
+                kafka_bootstrap,
+                topic_prefix,
+                [(i, _product(i, 1000 * round_ + i, f"r{round_}")) for i in range(1, 21)],
+            )
+            time.sleep(0.3)
+        _produce(kafka_bootstrap, topic_prefix, [(60, None)])  # (version 99 > 70)
+
+    try:
+        with running(live):
+            assert live.caught_up.wait(60)
+            first = es.indices.get_alias(name=alias)
+            assert list(first) == [mapping.generation(topic_prefix, 1)]
+            searcher = threading.Thread(target=search_loop, daemon=True)
+            editor = threading.Thread(target=edit_loop, daemon=True)
+            searcher.start()
+            editor.start()
+            seen: list[ReplayProgress] = []
+            result = replay(
+                "search",
+                connections=_connections(kafka_bootstrap, es_url, topic_prefix),
+                grace=1.0,
+                state_path=tmp_path / "replay.json",
+                progress=seen.append,
+                batch_size=25,
+            )
+            editor.join(60)
+            # The live consumer writes what came after the replay's last pass.
+            target = mapping.generation(topic_prefix, 2)
+            wait_for(
+                lambda: (
+                    _index_versions(es, target) == _topic_versions(kafka_bootstrap, topic_prefix)
+                ),
+                60,
+                "the new index to equal the topic",
+            )
+            stop_searching.set()
+            searcher.join(10)
+        assert failures == [], failures[:3]
+        assert searches[0] > 20
+        assert result.records >= 120 and result.rejected == 0
+        assert seen and seen[-1].phase == "done" and any(p.docs_per_s > 0 for p in seen)
+        # The alias moved to a new generation; the old one is gone.
+        assert list(es.indices.get_alias(name=alias)) == [target]
+        assert not es.indices.exists(index=mapping.generation(topic_prefix, 1))
+        # The new index equals the topic: every live document at its latest version.
+        assert _index_versions(es, target) == _topic_versions(kafka_bootstrap, topic_prefix)
+        assert not (tmp_path / "replay.json").exists()  # done: nothing to resume
+    finally:
+        stop_searching.set()
+        delete_index(es, topic_prefix)
+
+
+def test_an_interrupted_replay_resumes_and_gives_the_same_index(
+    kafka_bootstrap: str, es_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    es = Elasticsearch(es_url)
+    _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, 5 + i)) for i in range(1, 151)])
+    conns = _connections(kafka_bootstrap, es_url, topic_prefix)
+    state = tmp_path / "replay.json"
+    stop = threading.Event()
+
+    def interrupt(p: ReplayProgress) -> None:
+        if p.done >= 50:
+            stop.set()
+
+    try:
+        first = replay(
+            "search", connections=conns, grace=0, state_path=state, progress=interrupt,
+            stop=stop, batch_size=25,
+        )  # fmt: skip
+        assert first.detail.get("interrupted") and 50 <= first.records < 150
+        saved = json.loads(state.read_text())
+        assert saved["pass"] == "first" and saved["plan"]["target"].endswith("-products-2")
+        # The CLI resumes it (same state file) and finishes.
+        out = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "replay", "search", "--grace", "0",
+             "--state", str(state), "--json"],
+            env=_env(kafka_bootstrap, es_url, topic_prefix), capture_output=True, text=True,
+            timeout=180, check=True,
+        )  # fmt: skip
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["records"] + first.records >= 150, result
+        alias = mapping.alias(topic_prefix)
+        target = saved["plan"]["target"]
+        assert list(es.indices.get_alias(name=alias)) == [target]
+        assert _index_versions(es, target) == _topic_versions(kafka_bootstrap, topic_prefix)
+        assert not state.exists()
+    finally:
+        delete_index(es, topic_prefix)
+
+
+def _env(kafka_bootstrap: str, es_url: str, prefix: str) -> dict[str, str]:
+    import os
+
+    return {
+        **os.environ,
+        "CATALOG_CDC_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CATALOG_CDC_ELASTICSEARCH_URL": es_url,
+        "CATALOG_CDC_TOPIC_PREFIX": prefix,
+    }
+
+
+def test_dry_run_counts_and_upsert_replay_resends_everything(
+    kafka_bootstrap: str, es_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, 1 + i)) for i in range(1, 31)])
+    conns = _connections(kafka_bootstrap, es_url, topic_prefix)
+    dry = replay(
+        "jsonl", connections=conns, dry_run=True, options={"path": "x", "kinds": "product"}
+    )
+    assert dry.dry_run and dry.records == 30
+    out = tmp_path / "docs.jsonl"
+    done = replay(
+        "jsonl", connections=conns, options={"path": str(out), "kinds": "product"},
+        state_path=tmp_path / "r.json",
+    )  # fmt: skip
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert done.records == 30 and sorted(x["id"] for x in lines) == list(range(1, 31))
+
+
+def test_resnapshot_puts_the_rows_back_on_the_topics(
+    catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    seed_catalog(catalog_dsn, products=12, seed=3)
+    topic = f"{topic_prefix}.public.products"
+
+    def events() -> list[Any]:
+        return [e for _, e, _, _ in read_events(kafka_bootstrap, topic_prefix, topic) if e]
+
+    with running_reader(catalog_dsn, kafka_bootstrap, topic_prefix):
+        with psycopg.connect(catalog_dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM products").fetchone()
+            assert row is not None
+            rows = int(row[0])
+        wait_for(lambda: len(events()) >= rows, 60, "the snapshot")
+        before = len(events())
+
+        def incremental() -> int:
+            return sum(1 for e in events() if e.op == "r" and e.source.snapshot == "incremental")
+
+        assert incremental() == 0
+        env = {
+            **_env(kafka_bootstrap, "http://127.0.0.1:9", topic_prefix),
+            "CATALOG_CDC_POSTGRES_DSN": catalog_dsn,
+        }
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "resnapshot", "--tables", "public.products"],
+            env=env, check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+        wait_for(lambda: incremental() >= rows, 60, "the re-snapshot's events")
+        assert len(events()) >= before + rows
