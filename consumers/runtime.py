@@ -198,6 +198,23 @@ class RuntimeMetrics:
         )
 
 
+def raw_record(codec: EventCodec, msg: Message, table: str) -> RawRecord | None:
+    """Decode one raw change message of ``table`` (``None`` for a tombstone: the delete
+    event before it did the work).  Raises :class:`CatalogCdcError` when undecodable."""
+    if msg.value() is None:
+        return None
+    event = codec.decode(msg.key() or None, msg.value())
+    if event is None:
+        return None
+    key = event.key or {}
+    ident = (
+        str(next(iter(key.values())))
+        if len(key) == 1
+        else ",".join(f"{k}={v}" for k, v in key.items())
+    )
+    return RawRecord(table, ident, event, msg.partition() or 0, msg.offset() or 0)
+
+
 class ConsumerRuntime:
     """Runs one :class:`Sink` until ``stop`` is set (see the module docstring)."""
 
@@ -399,22 +416,13 @@ class ConsumerRuntime:
     ) -> None:
         """A raw change message as a :class:`RawRecord` (a tombstone is skipped: the
         delete event before it did the work; undecodable: poison)."""
-        if msg.value() is None:
-            return
         try:
-            event = self.raw_codec.decode(msg.key() or None, msg.value())
+            record = raw_record(self.raw_codec, msg, table)
         except CatalogCdcError as exc:
             poison.append(_Poison(msg, f"cannot decode: {exc}"))
             return
-        if event is None:
-            return
-        key = event.key or {}
-        ident = (
-            str(next(iter(key.values())))
-            if len(key) == 1
-            else ",".join(f"{k}={v}" for k, v in key.items())
-        )
-        out.append(RawRecord(table, ident, event, msg.partition() or 0, msg.offset() or 0))
+        if record is not None:
+            out.append(record)
 
     def _late_dead_letters(self) -> None:
         """Dead letters the sink found after their batch was committed (optional hook)."""

@@ -110,6 +110,7 @@ class StorefrontApiSink:
         image_base_url: str | None = None,
         categories: bool = True,
         pause: float = 0.0,
+        resend: bool = False,
     ) -> None:
         if not 1 <= batch <= rules.BATCH_MAX:
             raise ConfigurationError(
@@ -122,6 +123,9 @@ class StorefrontApiSink:
         self.images = images
         self.image_base_url = image_base_url.rstrip("/") if image_base_url else None
         self.categories = categories
+        self.resend = resend
+        """A replay: send every product again (as an update, or a create if the shop lacks
+        it), even when the state says it was confirmed at this version and content."""
         self.pause = pause
         self._state: State | None = None
         self._pending: dict[int, Record] = {}
@@ -173,6 +177,7 @@ class StorefrontApiSink:
             images=images == "fetch",
             image_base_url=o.get("image_base_url") or None,
             categories=o.get("categories", "ids") != "none",
+            resend=context.replay,
             pause=pause,
         )
 
@@ -217,7 +222,7 @@ class StorefrontApiSink:
         settled: list[ProductState] = []
         for pid, r in list(self._pending.items()):
             st = self.state.get(pid)
-            if st is not None and r.version <= st.version:
+            if st is not None and r.version <= st.version and not self.resend:
                 self.stats["noop"] += 1
                 del self._pending[pid]
                 continue
@@ -249,7 +254,7 @@ class StorefrontApiSink:
                 continue
             digest = hashlib.sha1(json.dumps([fields, urls], sort_keys=True).encode()).hexdigest()
             same_ref = st is not None and st.remote and st.reference == doc.reference
-            if same_ref and st is not None and st.digest == digest:
+            if same_ref and st is not None and st.digest == digest and not self.resend:
                 self.stats["skipped_unchanged"] += 1
                 settled.append(replace(st, version=r.version))
                 del self._pending[pid]

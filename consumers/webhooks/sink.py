@@ -134,8 +134,13 @@ class WebhooksSink:
         backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
         backoff_max: float = DEFAULT_BACKOFF_MAX,
         clock: Callable[[], float] = time.time,
+        resend: bool = False,
     ) -> None:
         self.subscribers = list(subscribers)
+        self.resend = resend
+        """A replay: every product is sent again as ``product.updated`` (or ``created``
+        / ``deleted``) with a new delivery id, whatever was sent before."""
+        self._replay_id = f"replay-{int(clock())}" if resend else ""
         self.state_path = state
         self.max_age = max_age
         self.backoff_initial = backoff_initial
@@ -159,6 +164,7 @@ class WebhooksSink:
             max_age=parse_duration(opts.get("max_age", "24h"), "max_age"),
             backoff_initial=parse_duration(opts.get("backoff_initial", "1s"), "backoff_initial"),
             backoff_max=parse_duration(opts.get("backoff_max", "5m"), "backoff_max"),
+            resend=context.replay,
         )
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -271,18 +277,20 @@ class WebhooksSink:
 
         ``send=False``: the state moves on but nothing is sent (the same content again,
         or a delete of a product already deleted for this subscriber)."""
-        if known is not None and r.version <= known.version:
+        if known is not None and r.version <= known.version and not self.resend:
             return None  # a redelivered record: queued before
         event_id = events.delivery_id(sub.name, r.id, r.version)
+        if self.resend:  # a replay's events are new deliveries (receivers dedupe by id)
+            event_id = f"{event_id}-{self._replay_id}"
         created_at = datetime.fromtimestamp(now, UTC)
         if r.doc is None:
-            if known is not None and not known.present:
+            if known is not None and not known.present and not self.resend:
                 return Queued(sub.name, r, event_id, events.DELETED, b"", None, False, send=False)
             body = events.deleted_body(event_id, r.id, r.version, r.source_ts_ms, created_at)
             return Queued(sub.name, r, event_id, events.DELETED, body, None, False)
         assert isinstance(r.doc, ProductDocument)
         present = known is not None and known.present
-        if present and known is not None and known.content_hash == digest:
+        if present and known is not None and known.content_hash == digest and not self.resend:
             return Queued(sub.name, r, event_id, events.UPDATED, b"", digest, True, send=False)
         kind = events.UPDATED if present else events.CREATED
         body = events.product_body(event_id, kind, r.doc, r.version, created_at)

@@ -66,7 +66,15 @@ def replay(
     from pipeline.assembler.topics import document_codec
 
     stop = stop or threading.Event()
-    context = SinkContext(connections, dict(options or {}), replay=True)
+    state_path = state_path or default_state_path(consumer, connections.topic_prefix)
+    opts = dict(options or {})
+    kv_index: Path | None = None
+    if consumer == "edge-kv" and "state" not in opts:
+        # A write index of its own: every key is written again (and pulse moves at the
+        # end), whatever the live consumer's index says.
+        kv_index = state_path.with_suffix(".kv-index")
+        opts["state"] = str(kv_index)
+    context = SinkContext(connections, opts, replay=True)
     sink = load(consumer)(context)
     plan: ReplayPlan = UpsertPlan()
     if consumer == "search":
@@ -82,7 +90,7 @@ def replay(
         bootstrap=bootstrap,
         codec=document_codec(bootstrap, connections.topic_prefix, connections.schema_registry_url),
         topic_prefix=connections.topic_prefix,
-        state_path=state_path or default_state_path(consumer, connections.topic_prefix),
+        state_path=state_path,
         from_time=from_time,
         progress=progress,
         stop=stop,
@@ -90,7 +98,10 @@ def replay(
     )
     if dry_run:
         return replayer.dry_run()
-    return replayer.run()
+    result = replayer.run()
+    if kv_index is not None and not result.detail.get("interrupted"):
+        kv_index.unlink(missing_ok=True)
+    return result
 
 
 def _full_import(

@@ -37,8 +37,9 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from consumers.runtime import Record, Rejected, Sink, TransientSinkError
+from consumers.runtime import RawRecord, Record, Rejected, Sink, TransientSinkError, raw_record
 from pipeline.assembler.codec import DocumentCodec, doc_topic
+from pipeline.codec import EventCodec, make_codec
 from pipeline.errors import CatalogCdcError
 from pipeline.kafka import consumer_config
 
@@ -139,6 +140,14 @@ class Replayer:
         self.stop = stop or threading.Event()
         self.backoff_max = backoff_max
         self.topics = [doc_topic(topic_prefix, k) for k in sink.kinds]
+        # A sink that also reads raw change topics (edge-kv: stores, cms_pages).
+        self.raw_tables: dict[str, str] = {
+            f"{topic_prefix}.public.{t}": t for t in getattr(sink, "raw_tables", ())
+        }
+        self.topics += list(self.raw_tables)
+        self._raw_codec: EventCodec | None = None
+        if self.raw_tables:
+            self._raw_codec = make_codec(topic_prefix=topic_prefix, kafka_bootstrap=bootstrap)
         self.records = 0
         self.rejected: list[Rejected] = []
         self._consumer = Consumer(consumer_config(bootstrap, f"{topic_prefix}-replay-tool"))
@@ -298,7 +307,13 @@ class Replayer:
         t0 = time.monotonic()
         self._report(phase, done, total, t0)
         for batch in self._batches(pos, ends):
-            self.sink.add(batch)
+            docs = [r for r in batch if isinstance(r, Record)]
+            raws = [r for r in batch if isinstance(r, RawRecord)]
+            if docs:
+                self.sink.add(docs)
+            if raws:
+                add_raw: Callable[[list[RawRecord]], None] = getattr(self.sink, "add_raw")  # noqa: B009
+                add_raw(raws)
             rejected: list[Rejected] | None = self._retrying(self.sink.flush)
             if rejected is None:
                 return  # stopping
@@ -312,7 +327,11 @@ class Replayer:
                     rej.reason,
                 )
             for rec in batch:
-                topic = doc_topic(self.prefix, rec.kind)
+                topic = (
+                    doc_topic(self.prefix, rec.kind)
+                    if isinstance(rec, Record)
+                    else f"{self.prefix}.public.{rec.kind}"
+                )
                 pos.setdefault(topic, {})[rec.partition] = rec.offset + 1
             self.records += len(batch)
             done += len(batch)
@@ -321,7 +340,7 @@ class Replayer:
             if self.stop.is_set():
                 return
 
-    def _batches(self, pos: Positions, ends: Positions) -> Iterator[list[Record]]:
+    def _batches(self, pos: Positions, ends: Positions) -> Iterator[list[Record | RawRecord]]:
         todo = [
             TopicPartition(t, p, pos.get(t, {}).get(p, OFFSET_BEGINNING))
             for t, parts in ends.items()
@@ -332,7 +351,7 @@ class Replayer:
             return
         self._consumer.assign(todo)
         left = {(tp.topic, tp.partition) for tp in todo}
-        batch: list[Record] = []
+        batch: list[Record | RawRecord] = []
         idle_since = time.monotonic()
         while left and not self.stop.is_set():
             msgs = self._consumer.consume(self.batch_size, 0.5)
@@ -349,12 +368,18 @@ class Replayer:
                     left.discard((topic, part))
                     self._consumer.pause([TopicPartition(topic, part)])
                     continue
-                kind = "product" if topic.endswith(".doc.products") else "category"
-                batch.append(
-                    self.codec.decode_message(
-                        kind, msg.key(), msg.value(), msg.headers(), part, offset
+                if topic in self.raw_tables:
+                    assert self._raw_codec is not None
+                    raw = raw_record(self._raw_codec, msg, self.raw_tables[topic])
+                    if raw is not None:
+                        batch.append(raw)
+                else:
+                    kind = "product" if topic.endswith(".doc.products") else "category"
+                    batch.append(
+                        self.codec.decode_message(
+                            kind, msg.key(), msg.value(), msg.headers(), part, offset
+                        )
                     )
-                )
                 if offset + 1 >= ends[topic][part]:
                     left.discard((topic, part))
             if batch and (len(batch) >= self.batch_size or not left or not msgs):

@@ -225,3 +225,58 @@ def test_resnapshot_puts_the_rows_back_on_the_topics(
 
         wait_for(lambda: incremental() >= rows, 60, "the re-snapshot's events")
         assert len(events()) >= before + rows
+
+
+def test_storefront_replay_resends_every_product(
+    kafka_bootstrap: str, es_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    from tests.contracts.storefront_api import Server
+
+    docs = [
+        (i, _product(i, 1 + i).model_copy(update={"reference": f"R-{i}"})) for i in range(1, 13)
+    ]
+    _produce(kafka_bootstrap, topic_prefix, docs)
+    conns = _connections(kafka_bootstrap, es_url, topic_prefix)
+    with Server() as server:
+        assert isinstance(server, Server)
+        options = {
+            "url": server.url, "username": "demo", "password": "demo",
+            "state": str(tmp_path / "sf.sqlite"), "images": "none",
+        }  # fmt: skip
+        for round_ in (1, 2):  # the second replay re-sends although the state is current
+            replay(
+                "storefront-api", connections=conns, options=options,
+                state_path=tmp_path / "r.json",
+            )  # fmt: skip
+            received = server.state()["received"]
+            assert len(received) == 12 * round_, received
+        assert len(server.state()["products"]) == 12
+
+
+def test_edge_kv_replay_rebuilds_a_lost_store(
+    catalog_dsn: str, kafka_bootstrap: str, es_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    from consumers.edge_kv.backends.sqlite import SqliteBackend
+    from consumers.edge_kv.layout import PULSE
+    from tests.integration.assembler_support import running_assembler, wait_in_sync
+    from tests.integration.test_edge_kv import PAGE_SIZE, contents, expected_layout
+
+    seed_catalog(catalog_dsn, products=15, seed=5)
+    with (
+        running_reader(catalog_dsn, kafka_bootstrap, topic_prefix),
+        running_assembler(kafka_bootstrap, topic_prefix, tmp_path / "a.sqlite"),
+    ):
+        wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix)
+    store = tmp_path / "kv.sqlite"  # never written by a live consumer: a store "lost"
+    result = replay(
+        "edge-kv",
+        connections=_connections(kafka_bootstrap, es_url, topic_prefix),
+        options={"backend": "sqlite", "path": str(store), "page_size": str(PAGE_SIZE)},
+        state_path=tmp_path / "r.json",
+    )
+    assert result.records > 15 and result.rejected == 0
+    backend = SqliteBackend(store)
+    got = contents(backend)
+    assert got.pop(PULSE)  # the rebuilt store has a pulse
+    assert got == expected_layout(catalog_dsn)
+    assert not (tmp_path / "r.kv-index").exists()
