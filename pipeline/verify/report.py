@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 __all__ = [
+    "ABSENT",
     "EXTRA",
     "IN_SYNC",
     "MISSING",
@@ -37,6 +38,7 @@ __all__ = [
     "field_diffs",
     "render",
     "short",
+    "shown",
 ]
 
 IN_SYNC: Final = "in sync"
@@ -44,6 +46,9 @@ OUT_OF_SYNC: Final = "out of sync"
 MISSING: Final = "missing"
 EXTRA: Final = "extra"
 Status = Literal["out of sync", "missing", "extra"]
+
+ABSENT: Final = "(absent)"
+"""The value shown for a field one side does not have."""
 
 VALUE_WIDTH: Final = 80
 """Characters of a value shown in a difference (the JSON text, cut with ``...``)."""
@@ -90,8 +95,7 @@ class Difference:
         if self.status == EXTRA:
             return f"{head} (in the sink, not in the database)"
         parts = [
-            f"{d.field}: sink {short(d.sink, width)} != db {short(d.db, width)}"
-            for d in self.fields
+            "{}: sink {} != db {}".format(d.field, *shown(d.sink, d.db, width)) for d in self.fields
         ]
         return f"{head}; " + "; ".join(parts)
 
@@ -99,7 +103,11 @@ class Difference:
         out: dict[str, Any] = {"class": self.cls, "id": self.id, "status": self.status}
         if self.fields:
             out["fields"] = [
-                {"field": d.field, "sink": short(d.sink, width), "db": short(d.db, width)}
+                dict(
+                    zip(
+                        ("field", "sink", "db"), (d.field, *shown(d.sink, d.db, width)), strict=True
+                    )
+                )
                 for d in self.fields
             ]
         return out
@@ -158,18 +166,50 @@ class Report:
 
 
 def short(value: Any, width: int = VALUE_WIDTH) -> str:
-    """``value`` as compact JSON, cut to ``width`` characters (``...`` marks a cut)."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
+    """``value`` as compact JSON, cut to ``width`` characters (``...`` marks a cut);
+    :data:`ABSENT` as it is."""
+    text = _text(value)
     return text if len(text) <= width else text[: max(width - 3, 1)] + "..."
 
 
+def _text(value: Any) -> str:
+    if value is ABSENT:
+        return ABSENT
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def shown(sink: Any, db: Any, width: int = VALUE_WIDTH) -> tuple[str, str]:
+    """Both values of a difference, cut to ``width`` characters around where they first
+    differ (a long list whose start is equal shows the part that is not)."""
+    a, b = _text(sink), _text(db)
+    if len(a) <= width and len(b) <= width:
+        return a, b
+    common = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        common += 1
+    start = max(common - width // 4, 0)
+    if start < 3:
+        return short(sink, width), short(db, width)
+
+    def cut(text: str) -> str:
+        part = "..." + text[start:]
+        return part if len(part) <= width else part[: width - 3] + "..."
+
+    return cut(a), cut(b)
+
+
 def field_diffs(sink: Any, db: Any) -> tuple[FieldDiff, ...]:
-    """The top-level fields whose values differ (a field absent on one side is ``None``
-    there); two values that are not both dicts differ as a whole, as field ``value``."""
+    """The top-level fields whose values differ (a field on one side only is
+    :data:`ABSENT` on the other, which differs from ``null``); two values that are not
+    both dicts differ as a whole, as field ``value``."""
     if isinstance(sink, Mapping) and isinstance(db, Mapping):
         names = sorted(set(sink) | set(db), key=str)
         return tuple(
-            FieldDiff(str(n), sink.get(n), db.get(n)) for n in names if sink.get(n) != db.get(n)
+            FieldDiff(str(n), sink.get(n, ABSENT), db.get(n, ABSENT))
+            for n in names
+            if sink.get(n, ABSENT) != db.get(n, ABSENT)
         )
     return () if sink == db else (FieldDiff("value", sink, db),)
 

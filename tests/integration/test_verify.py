@@ -223,10 +223,32 @@ def test_verify_and_repair_edge_kv(
     assert contents() == want()
     assert backend.get(PULSE) not in (None, pulse)  # storefronts see the change
 
-    # The sink's state agrees with the store: a consumer started on it writes nothing.
-    again = EdgeKvSink(SqliteBackend(path), state, page_size=PAGE_SIZE)
-    again.open()
-    try:
-        assert {k for k in again.index.entries} == set(layout)
-    finally:
-        again.close()
+    def indexed_keys() -> set[str]:  # what the sink's state says the store holds
+        again = EdgeKvSink(SqliteBackend(path), state, page_size=PAGE_SIZE)
+        again.open()
+        try:
+            return set(again.index.entries)
+        finally:
+            again.close()
+
+    assert indexed_keys() == set(layout)
+
+    # The database moves on while the consumer is stopped: the sink's state is behind.
+    # Repair re-emits the documents through the sink (step 1), no key needs step 2.
+    with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT id FROM products WHERE active AND deleted_at IS NULL ORDER BY id LIMIT 2"
+        ).fetchall()
+        (renamed,), (gone,) = rows
+        conn.execute("UPDATE products SET name = 'Renamed while stopped' WHERE id = %s", (renamed,))
+        conn.execute("UPDATE products SET deleted_at = now() WHERE id = %s", (gone,))
+    status, result = _verify(capsys, *args)
+    assert status == 1 and _counts(result, "product")["out of sync"] == 1, result
+    assert _counts(result, "product")["extra"] == 1, result
+    status, result = _verify(capsys, *args, "--repair")
+    assert status == 0, result
+    # the product, and the categories whose product_count changed
+    assert result["repair"]["reemitted"] >= 1 and result["repair"]["deleted"] == 1, result
+    assert result["repair"]["key_writes"] == 0 and result["repair"]["key_deletes"] == 0
+    assert contents() == want()
+    assert indexed_keys() == set(want())
