@@ -72,7 +72,8 @@ class SearchVerifier:
         sink: object = self._factory(context)
         if not isinstance(sink, SearchSink):
             raise VerifyError(f"the consumer 'search' is {type(sink).__name__}, not SearchSink")
-        self.sink: SearchSink = sink  # its client and index prefix: the consumer's own configuration
+        # Its client and index prefix: the consumer's own configuration.
+        self.sink: SearchSink = sink
         self.es: Elasticsearch = sink.es
         self.alias: str = sink.alias
         self._docs: dict[int, ProductDocument] = {}
