@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,6 +84,13 @@ class ContractServer:
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._outage_until = 0.0
+
+    def outage(self, seconds: float) -> None:
+        """Answer every request with 503 for ``seconds`` (``/_contract/state`` still works):
+        the service is down, its recorded state kept."""
+        with self.lock:
+            self._outage_until = time.monotonic() + seconds
 
     @property
     def url(self) -> str:
@@ -121,6 +129,8 @@ class ContractServer:
             return Response(200, self.state())
 
     def dispatch(self, req: Request) -> Response:
+        if req.path != "/_contract/state" and time.monotonic() < self._outage_until:
+            return Response(503, {"error": "service unavailable (contract server outage)"})
         allowed = False
         for method, regex, fn in self._routes:
             m = regex.match(req.path)
