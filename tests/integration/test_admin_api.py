@@ -223,7 +223,7 @@ def test_sync_rebuilds_the_index_and_a_second_replay_conflicts(
         kafka_bootstrap, topic_prefix, [(i, _product(i, 100 + i, f"Product {i}")) for i in ids]
     )
     # A grace period keeps the job running after the swap: room for the 409.
-    ctx = context(tmp_path, kafka_bootstrap, topic_prefix, es_url, grace=1.5)
+    ctx = context(tmp_path, kafka_bootstrap, topic_prefix, es_url, grace=3.0)
     _, admin, _reader = make_tokens(tmp_path / "tokens.json")
     es = Elasticsearch(es_url, request_timeout=30)
     try:
