@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -300,23 +301,20 @@ class Replayer:
         return result
 
     def _pass(self, state: dict[str, Any], phase: str) -> None:
+        """Read to ``state["ends"]``; batch k is written (a worker thread: the sink's
+        add + flush) while batch k+1 is read and decoded, and its positions are saved
+        only once its flush returned."""
         pos: Positions = state["positions"]
         ends: Positions = state["ends"]
         total = self._remaining(pos, ends)
-        done = 0
+        progress = [0]
         t0 = time.monotonic()
-        self._report(phase, done, total, t0)
-        for batch in self._batches(pos, ends):
-            docs = [r for r in batch if isinstance(r, Record)]
-            raws = [r for r in batch if isinstance(r, RawRecord)]
-            if docs:
-                self.sink.add(docs)
-            if raws:
-                add_raw: Callable[[list[RawRecord]], None] = getattr(self.sink, "add_raw")  # noqa: B009
-                add_raw(raws)
-            rejected: list[Rejected] | None = self._retrying(self.sink.flush)
+        self._report(phase, 0, total, t0)
+
+        def complete(job: Future[list[Rejected] | None], batch: list[Record | RawRecord]) -> bool:
+            rejected = job.result()
             if rejected is None:
-                return  # stopping
+                return False  # stopping
             self.rejected += rejected
             for rej in rejected:
                 log.error(
@@ -334,11 +332,30 @@ class Replayer:
                 )
                 pos.setdefault(topic, {})[rec.partition] = rec.offset + 1
             self.records += len(batch)
-            done += len(batch)
+            progress[0] += len(batch)
             self._save(state)
-            self._report(phase, done, total, t0)
-            if self.stop.is_set():
-                return
+            self._report(phase, progress[0], total, t0)
+            return not self.stop.is_set()
+
+        with ThreadPoolExecutor(1, thread_name_prefix=f"replay-{self.sink.name}") as pool:
+            pending: tuple[Future[list[Rejected] | None], list[Record | RawRecord]] | None = None
+            for batch in self._batches(pos, ends):
+                if pending is not None and not complete(*pending):
+                    return
+                pending = (pool.submit(self._write, batch), batch)
+            if pending is not None:
+                complete(*pending)
+
+    def _write(self, batch: list[Record | RawRecord]) -> list[Rejected] | None:
+        docs = [r for r in batch if isinstance(r, Record)]
+        raws = [r for r in batch if isinstance(r, RawRecord)]
+        if docs:
+            self.sink.add(docs)
+        if raws:
+            add_raw: Callable[[list[RawRecord]], None] = getattr(self.sink, "add_raw")  # noqa: B009
+            add_raw(raws)
+        rejected: list[Rejected] | None = self._retrying(self.sink.flush)
+        return rejected
 
     def _batches(self, pos: Positions, ends: Positions) -> Iterator[list[Record | RawRecord]]:
         todo = [

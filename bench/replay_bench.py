@@ -1,0 +1,181 @@
+"""Replay of the search index from the document topic vs a bare bulk load, side by side.
+
+N product documents (the demo catalog's, built by SQL, cloned with new ids up to N) are
+put on a fresh compacted ``{prefix}.doc.products`` topic. Then, into fresh indices of
+the stack's Elasticsearch-API server:
+
+- **bare**: ``elasticsearch.helpers.bulk`` of the same documents (bodies built by the
+  search mapping, external versions, 500 a request), from memory — no Kafka, no Avro;
+- **replay**: ``catalog-cdc replay search`` (``pipeline.replay.replay``): reads the
+  topic, decodes the Avro documents, writes a new generation through the search sink,
+  swaps the alias, saves its resume positions after every batch.
+
+The ratio is replay documents/s / bare documents/s (goal >= 0.8).  Who goes first
+alternates between rounds.
+
+Usage: python bench/replay_bench.py [--products N] [--rounds R] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+from elasticsearch import Elasticsearch, NotFoundError, helpers
+from reader_bench import _with_db
+from search_bench import _documents
+
+from consumers.search import mapping
+from consumers.search.sink import delete_index
+from pipeline.assembler.codec import doc_key, doc_topic, headers_of
+from pipeline.assembler.documents import ProductDocument
+from pipeline.assembler.topics import document_codec
+from pipeline.kafka import TopicSpec, ensure_topics, partition_for, producer_config
+from pipeline.replay import replay
+from pipeline.settings import ConnectionSettings, load_connections
+
+
+def _clone(docs: list[ProductDocument], n: int) -> list[ProductDocument]:
+    out = []
+    for i in range(n):
+        d = docs[i % len(docs)]
+        pid = i + 1
+        out.append(
+            d.model_copy(
+                update={
+                    "id": pid,
+                    "reference": f"{d.reference[:50]}-{pid}",
+                    "url_key": f"{d.url_key[:80]}-{pid}",
+                    "version": 1000 + pid,
+                }
+            )
+        )
+    return out
+
+
+def _put_on_topic(bootstrap: str, prefix: str, docs: list[ProductDocument]) -> None:
+    codec = document_codec(bootstrap, prefix)
+    topic = doc_topic(prefix, "product")
+    parts = 6
+    ensure_topics(bootstrap, [TopicSpec(topic, parts, {"cleanup.policy": "compact"})])
+    ensure_topics(bootstrap, [TopicSpec(doc_topic(prefix, "category"), 1, {"cleanup.policy": "compact"})])  # fmt: skip
+    producer = Producer({**producer_config(bootstrap), "linger.ms": 20})
+    for d in docs:
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    key=doc_key(d.id),
+                    value=codec.encode(d),
+                    partition=partition_for(d.id, parts),
+                    headers=headers_of("product", d.version, d.source_ts_ms),
+                )
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(120) == 0
+
+
+def _bare(es: Elasticsearch, prefix: str, docs: list[ProductDocument]) -> float:
+    es.indices.put_index_template(name=prefix, **mapping.template(prefix))
+    index = mapping.generation(prefix, 1)
+    es.indices.create(index=index)
+    actions = (
+        {
+            "_op_type": "index",
+            "_index": index,
+            "_id": str(d.id),
+            "version": d.version,
+            "version_type": "external",
+            "_source": mapping.body(d),
+        }
+        for d in docs
+    )
+    t = time.perf_counter()
+    ok, errors = helpers.bulk(es, actions, chunk_size=500, raise_on_error=False)
+    elapsed = time.perf_counter() - t
+    assert not errors and ok == len(docs), errors[:3]
+    return elapsed
+
+
+def _replay(bootstrap: str, es_url: str, prefix: str) -> tuple[float, int]:
+    conns = ConnectionSettings(kafka_bootstrap=bootstrap, elasticsearch_url=es_url, topic_prefix=prefix)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        result = replay("search", connections=conns, grace=0, state_path=Path(tmp) / "r.json")
+        elapsed = time.perf_counter() - t
+    assert result.rejected == 0, result
+    return elapsed, result.records
+
+
+def one_round(
+    bootstrap: str, es_url: str, docs: list[ProductDocument], replay_first: bool
+) -> dict[str, Any]:
+    es = Elasticsearch(es_url, request_timeout=600)
+    prefix = f"rb{uuid.uuid4().hex[:6]}"
+    bare_prefix = f"rbb{uuid.uuid4().hex[:6]}"
+    try:
+        _put_on_topic(bootstrap, prefix, docs)
+        if replay_first:
+            replay_s, records = _replay(bootstrap, es_url, prefix)
+            bare_s = _bare(es, bare_prefix, docs)
+        else:
+            bare_s = _bare(es, bare_prefix, docs)
+            replay_s, records = _replay(bootstrap, es_url, prefix)
+        n = len(docs)
+        assert records == n, (records, n)
+        return {
+            "documents": n,
+            "bare_s": bare_s,
+            "replay_s": replay_s,
+            "bare_docs_per_s": n / bare_s,
+            "replay_docs_per_s": n / replay_s,
+            "ratio": bare_s / replay_s,
+        }
+    finally:
+        for p in (prefix, bare_prefix):
+            with contextlib.suppress(NotFoundError):
+                delete_index(es, p)
+        for template in (bare_prefix, f"{prefix}-products"):
+            with contextlib.suppress(NotFoundError):
+                es.indices.delete_index_template(name=template)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", type=int, default=100_000)
+    parser.add_argument("--source-products", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    conns = load_connections()
+    admin = _with_db(conns.require("postgres_dsn"), "postgres")
+    docs = _clone(_documents(admin, args.source_products), args.products)
+    rounds = []
+    for i in range(args.rounds):
+        r = one_round(
+            conns.require("kafka_bootstrap"), conns.require("elasticsearch_url"), docs, i % 2 == 1
+        )
+        rounds.append(r)
+        print(
+            f"round {i + 1}: replay {r['replay_docs_per_s']:,.0f} docs/s, bare bulk "
+            f"{r['bare_docs_per_s']:,.0f} docs/s, ratio {r['ratio']:.2f}",
+            flush=True,
+        )
+    print(json.dumps({k: statistics.median(x[k] for x in rounds) for k in rounds[0]}, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps({"rounds": rounds}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
