@@ -280,3 +280,80 @@ def test_edge_kv_replay_rebuilds_a_lost_store(
     assert got.pop(PULSE)  # the rebuilt store has a pulse
     assert got == expected_layout(catalog_dsn)
     assert not (tmp_path / "r.kv-index").exists()
+
+
+def test_search_replay_under_demo_edits_ends_equal_to_the_database(
+    catalog_dsn: str, kafka_bootstrap: str, es_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Issue 8's check: a replay of search while `demo edits` runs and a loop of searches
+    hits the alias: no search fails during the swap; the new index equals the database."""
+    from consumers.registry import SinkContext
+    from pipeline.demo.edits import run_edits
+    from pipeline.verify.driver import run as verify
+    from pipeline.verify.driver import verifier_for
+    from tests.integration.assembler_support import running_assembler, wait_in_sync
+
+    es = Elasticsearch(es_url)
+    alias = mapping.alias(topic_prefix)
+    seed_catalog(catalog_dsn, products=40, seed=21)
+    conns = ConnectionSettings(
+        postgres_dsn=catalog_dsn, kafka_bootstrap=kafka_bootstrap, elasticsearch_url=es_url,
+        topic_prefix=topic_prefix,
+    )  # fmt: skip
+    live = ConsumerRuntime(
+        SearchSink(Elasticsearch(es_url), topic_prefix),
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        settings=RuntimeSettings(poll_timeout=0.05),
+    )
+    failures: list[str] = []
+    searches = [0]
+    done = threading.Event()
+
+    def search_loop() -> None:
+        while not done.is_set():
+            try:
+                es.search(index=alias, size=3, query={"match": {"name": "coffee"}})
+                searches[0] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                failures.append(repr(exc))
+            time.sleep(0.01)
+
+    try:
+        with (
+            running_reader(catalog_dsn, kafka_bootstrap, topic_prefix),
+            running_assembler(kafka_bootstrap, topic_prefix, tmp_path / "a.sqlite"),
+            running(live),
+        ):
+            wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix)
+            wait_for(lambda: es.indices.exists_alias(name=alias), 60, "the live index")
+            searcher = threading.Thread(target=search_loop, daemon=True)
+            searcher.start()
+            edits = threading.Thread(
+                target=run_edits, args=(catalog_dsn,), kwargs={"rate": 20, "duration": 8, "seed": 4},
+                daemon=True,
+            )  # fmt: skip
+            edits.start()
+            result = replay(
+                "search", connections=conns, grace=1.0, state_path=tmp_path / "r.json",
+                batch_size=20,
+            )  # fmt: skip
+            edits.join(60)
+            wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix)
+
+            def index_in_sync() -> bool:
+                verifier = verifier_for("search", SinkContext(conns, {}), catalog_dsn)
+                try:
+                    return verify(verifier).final.in_sync
+                finally:
+                    verifier.close()
+
+            wait_for(index_in_sync, 60, "the new index to equal the database")
+            done.set()
+            searcher.join(10)
+        assert failures == [], failures[:3]
+        assert searches[0] > 50 and result.rejected == 0
+        assert list(es.indices.get_alias(name=alias)) == [mapping.generation(topic_prefix, 2)]
+    finally:
+        done.set()
+        delete_index(es, topic_prefix)
