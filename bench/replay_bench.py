@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
-from elasticsearch import Elasticsearch, NotFoundError, helpers
+from elasticsearch import Elasticsearch, NotFoundError
 from reader_bench import _with_db
+from search_bench import _bare as bare_bulk
 from search_bench import _documents
 
 from consumers.search import mapping
@@ -86,25 +87,11 @@ def _put_on_topic(bootstrap: str, prefix: str, docs: list[ProductDocument]) -> N
 
 
 def _bare(es: Elasticsearch, prefix: str, docs: list[ProductDocument]) -> float:
+    """search_bench's bare helpers.bulk into a fresh generation of ``prefix``."""
     es.indices.put_index_template(name=prefix, **mapping.template(prefix))
     index = mapping.generation(prefix, 1)
     es.indices.create(index=index)
-    actions = (
-        {
-            "_op_type": "index",
-            "_index": index,
-            "_id": str(d.id),
-            "version": d.version,
-            "version_type": "external",
-            "_source": mapping.body(d),
-        }
-        for d in docs
-    )
-    t = time.perf_counter()
-    ok, errors = helpers.bulk(es, actions, chunk_size=500, raise_on_error=False)
-    elapsed = time.perf_counter() - t
-    assert not errors and ok == len(docs), errors[:3]
-    return elapsed
+    return bare_bulk(es, index, docs)
 
 
 def _replay(bootstrap: str, es_url: str, prefix: str) -> tuple[float, int]:

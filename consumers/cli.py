@@ -102,20 +102,14 @@ def register(sub: Any) -> None:
 def _consume(args: argparse.Namespace) -> int:
     from consumers.registry import SinkContext, available, load
     from consumers.runtime import ConsumerRuntime, RuntimeSettings
-    from pipeline.errors import ConfigurationError
     from pipeline.lifecycle import exit_when_idle, stop_event
-    from pipeline.settings import load_connections
+    from pipeline.settings import load_connections, parse_options
 
     if args.list or not args.name:
         for name, target in sorted(available().items()):
             print(f"{name:<20} {target}")
         return 0 if args.list else 2
-    options: dict[str, str] = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigurationError(f"--option {item!r}: expected KEY=VALUE")
-        options[key] = value
+    options = parse_options(args.option)
     stop = stop_event()
     conns = load_connections()
     sink = load(args.name)(SinkContext(conns, options))

@@ -67,12 +67,9 @@ def load(name: str) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    options: dict[str, str] = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigurationError(f"--option {item!r}: expected KEY=VALUE")
-        options[key.strip().replace("-", "_")] = value
+    from pipeline.settings import parse_options
+
+    options = {k.replace("-", "_"): v for k, v in parse_options(args.option).items()}
     server = load(args.name)(args.host, args.port, **options)
     print(f"{args.name} contract server on {server.url}", flush=True)
     log.info("event=contract_server_started name=%s url=%s", args.name, server.url)

@@ -94,3 +94,14 @@ def metrics_address() -> str:
     ``CATALOG_CDC_METRICS_ADDR``, default ``127.0.0.1`` (``0.0.0.0`` in containers, so
     that Prometheus in another container can scrape them)."""
     return os.environ.get(f"{ENV_PREFIX}METRICS_ADDR", "127.0.0.1")
+
+
+def parse_options(items: list[str]) -> dict[str, str]:
+    """``--option KEY=VALUE`` arguments as a dict (every command that takes them)."""
+    options: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = value
+    return options

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import ConfigurationError
+from pipeline.settings import parse_options
 
 
 def register(sub: Any) -> None:
@@ -61,16 +62,6 @@ def register(sub: Any) -> None:
     r.set_defaults(handler=_resnapshot)
 
 
-def _options(items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigurationError(f"--option {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value
-    return out
-
-
 def _replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -90,7 +81,7 @@ def _replay(args: argparse.Namespace) -> int:
     result = replay(
         args.consumer,
         connections=load_connections(),
-        options=_options(args.option),
+        options=parse_options(args.option),
         from_time=from_time,
         dry_run=args.dry_run,
         grace=args.grace,

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from pipeline.errors import CatalogCdcError, ConfigurationError
+from pipeline.settings import parse_options
 
 EXIT_IN_SYNC = 0
 EXIT_OUT_OF_SYNC = 1
@@ -50,16 +51,6 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_verify)
 
 
-def _options(items: list[str]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigurationError(f"--option {item!r}: expected KEY=VALUE")
-        options[key] = value
-    return options
-
-
 def _verify(args: argparse.Namespace) -> int:
     from consumers.registry import SinkContext
     from pipeline.settings import load_connections
@@ -71,7 +62,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         conns = load_connections()
         dsn = args.dsn or conns.require("postgres_dsn")
-        verifier = verifier_for(args.consumer, SinkContext(conns, _options(args.option)), dsn)
+        verifier = verifier_for(args.consumer, SinkContext(conns, parse_options(args.option)), dsn)
     except Unsupported as exc:
         if args.json:
             print(
