@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline import contract_servers
     from pipeline.admin import cli as admin_cli
     from pipeline.assembler import cli as assembler_cli
+    from pipeline.dashboard import cli as dashboard_cli
     from pipeline.demo import cli as demo_cli
     from pipeline.reader import cli as reader_cli
     from pipeline.replay import cli as replay_cli
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     supervisor_cli.register(sub)
     admin_cli.register(sub)
     verify_cli.register(sub)
+    dashboard_cli.register(sub)
     return parser
 
 

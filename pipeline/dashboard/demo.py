@@ -1,0 +1,463 @@
+"""Helpers of ``make demo`` (scripts/demo.sh), each a step of its own::
+
+    python -m pipeline.dashboard.demo ports --config scripts/demo.toml
+    python -m pipeline.dashboard.demo reset --config scripts/demo.toml
+    python -m pipeline.dashboard.demo wait-reader --config scripts/demo.toml
+    python -m pipeline.dashboard.demo proof --config scripts/demo.toml [--summary FILE]
+
+``ports``: every port the config names (contract servers, metrics) is free on
+loopback, else exit 1 naming the ones that are not.  ``reset``: the demo's consumers
+start afresh — their SQLite state files (``state``/``path`` options under ``.stack/``)
+are removed, the consumer groups their ``args`` name (``--group``) deleted and set to
+the current ends of the raw and document topics (:func:`topic_ends`: the re-seeded
+catalog comes after them), so they fill the empty contract servers with this demo's
+catalog only.
+``wait-reader``: until the reader has confirmed the server's current WAL position;
+prints the UTC time (the assembler's and consumers' ``caught_up`` must come after it).
+``proof``: what each contract server accepted (``GET /_contract/state``) against the
+database (:func:`pipeline.assembler.reference.expected_documents`): counts, and per
+product the fields the sink sends; exit 1 when one is out of sync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pipeline.errors import CatalogCdcError
+from pipeline.supervisor.config import RunConfig, build_services, load_config
+
+
+def used_ports(config: RunConfig) -> list[tuple[int, str]]:
+    """(port, what) of every enabled service: contract servers' ports, metrics ports."""
+    out: list[tuple[int, str]] = []
+    for spec in build_services(config):
+        if spec.port is not None:
+            out.append((spec.port, f"contract server {spec.name}"))
+        if spec.metrics_port is not None:
+            out.append((spec.metrics_port, f"{spec.name} metrics"))
+    return out
+
+
+def taken(ports: Sequence[tuple[int, str]], host: str = "127.0.0.1") -> list[tuple[int, str]]:
+    """The ones something already listens on (a bind test, as the services would do)."""
+    busy = []
+    for port, what in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                busy.append((port, what))
+    return busy
+
+
+def _ports(config_path: Path) -> int:
+    busy = taken(used_ports(load_config(config_path)))
+    for port, what in busy:
+        print(
+            f"demo: port {port} ({what}) is already in use on 127.0.0.1: stop what listens "
+            f"there (`ss -ltnp 'sport = :{port}'`; a demo still running?) or change the port "
+            f"in {config_path}",
+            file=sys.stderr,
+        )
+    return 1 if busy else 0
+
+
+# -- reset ----------------------------------------------------------------------------
+
+
+def demo_groups(config: RunConfig) -> list[str]:
+    """The consumer groups the config's consumers name with ``--group``."""
+    groups = []
+    for consumer in config.consumers.values():
+        if not consumer.enabled:
+            continue
+        args = consumer.args
+        for i, arg in enumerate(args):
+            if arg == "--group" and i + 1 < len(args):
+                groups.append(args[i + 1])
+            elif arg.startswith("--group="):
+                groups.append(arg.partition("=")[2])
+    return groups
+
+
+def state_files(config: RunConfig, root: Path) -> list[Path]:
+    """The consumers' SQLite files (options ``state``/``path``) inside ``root``."""
+    files = []
+    for consumer in config.consumers.values():
+        for key in ("state", "path"):
+            value = consumer.options.get(key)
+            if not isinstance(value, str) or not value.endswith(".sqlite"):
+                continue
+            path = Path(value)
+            if path.resolve().is_relative_to(root.resolve()):
+                files.append(path)
+    return files
+
+
+def _reset(config_path: Path) -> int:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from pipeline.settings import load_connections
+
+    config = load_config(config_path)
+    root = Path(".stack")
+    for path in state_files(config, root):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    groups = demo_groups(config)
+    if not groups:
+        return 0
+    conns = load_connections()
+    bootstrap = conns.require("kafka_bootstrap")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for group, future in admin.delete_consumer_groups(groups, request_timeout=15).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "GROUP_ID_NOT_FOUND":
+                raise CatalogCdcError(f"cannot delete consumer group {group}: {exc}") from exc
+    cut = topic_ends(bootstrap, conns.topic_prefix)
+    for group in groups:
+        commit_offsets(bootstrap, group, cut)
+    return 0
+
+
+def topic_ends(bootstrap: str, prefix: str) -> list[tuple[str, int, int]]:
+    """(topic, partition, high watermark) of every raw and document topic of ``prefix``.
+
+    Why the demo starts its consumers there rather than at the beginning: the demo
+    re-seeds the catalog (TRUNCATE, then every row again) while no reader runs, so
+    everything the sinks need comes after the current ends — tombstones for the old
+    catalog, every product and category again — while the topics' history (every demo
+    adds ~4 document versions per product; compaction is lazy) would have to be read
+    again by every consumer, more with every demo.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "catalog-cdc-demo-probe"})
+    try:
+        topics = consumer.list_topics(timeout=15).topics
+        ends = []
+        for name, meta in sorted(topics.items()):
+            if not name.startswith(f"{prefix}.") or f"{prefix}.dlq." in name:
+                continue
+            for p in meta.partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=15)
+                ends.append((name, p, high))
+        return ends
+    finally:
+        consumer.close()
+
+
+def commit_offsets(bootstrap: str, group: str, offsets: Sequence[tuple[str, int, int]]) -> None:
+    """Commit ``offsets`` as ``group``'s positions (the group has no members)."""
+    if not offsets:
+        return
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        consumer.commit(
+            offsets=[TopicPartition(t, p, o) for t, p, o in offsets], asynchronous=False
+        )
+    except KafkaException as exc:
+        raise CatalogCdcError(f"cannot set the offsets of consumer group {group}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+# -- wait-reader ----------------------------------------------------------------------
+
+
+def _wait_reader(config_path: Path, timeout: float) -> int:
+    """Until the reader has confirmed the server's current WAL position (read and had
+    Kafka acknowledge everything committed so far); print the UTC time it did."""
+    import time
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from pipeline.dashboard.model import parse_metrics, total
+    from pipeline.settings import load_connections
+
+    config = load_config(config_path)
+    port = config.reader.metrics_port
+    if port is None:
+        raise CatalogCdcError(f"{config_path}: [reader] has no metrics_port")
+    with psycopg.connect(load_connections().require("postgres_dsn"), autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    target = int(row[0]) if row is not None else 0
+    deadline = time.monotonic() + timeout
+    confirmed = None
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=3).text
+            confirmed = total(parse_metrics(text)[0], "catalog_cdc_reader_confirmed_lsn")
+        except (httpx.HTTPError, ValueError):
+            confirmed = None
+        if confirmed is not None and confirmed >= target:
+            print(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")
+            return 0
+        time.sleep(0.3)
+    print(
+        f"demo: the reader did not reach WAL position {target} within {timeout:g}s "
+        f"(confirmed: {confirmed})",
+        file=sys.stderr,
+    )
+    return 1
+
+
+# -- proof ----------------------------------------------------------------------------
+
+
+@dataclass
+class SinkProof:
+    """One sink against the database: counts, and the products that differ."""
+
+    name: str
+    lines: list[str] = field(default_factory=list)
+    """``what: sink N vs database M`` lines."""
+    differences: list[str] = field(default_factory=list)
+    """``product 7: price 12.00 != 12.50`` (first ones)."""
+    difference_count: int = 0
+
+    @property
+    def in_sync(self) -> bool:
+        return self.difference_count == 0
+
+    def differ(self, text: str) -> None:
+        self.difference_count += 1
+        if len(self.differences) < 5:
+            self.differences.append(text)
+
+    def count(self, what: str, sink: int, db: int) -> None:
+        mark = "" if sink == db else "   <-- differs"
+        self.lines.append(f"{what}: {sink:,} received vs {db:,} in the database{mark}")
+        if sink != db:
+            self.difference_count += 1
+
+
+@dataclass(frozen=True)
+class Expected:
+    """From the database: per live product (not soft-deleted, not hard-deleted) the
+    fields the sinks carry."""
+
+    products: Mapping[int, Mapping[str, Any]]
+    live_sql: int
+    """``SELECT count(*) FROM products WHERE deleted_at IS NULL``."""
+
+
+def expected_from_db(dsn: str) -> Expected:
+    import psycopg
+
+    from pipeline.assembler.reference import expected_documents
+
+    with psycopg.connect(dsn) as conn:
+        products, _ = expected_documents(conn)
+        row = conn.execute("SELECT count(*) FROM products WHERE deleted_at IS NULL").fetchone()
+    live = int(row[0]) if row is not None else 0
+    return Expected(
+        {
+            pid: {
+                "reference": d.reference,
+                "name": d.name,
+                "price": Decimal(str(d.price)),
+                "active": d.active,
+                "quantity": d.total_quantity,
+            }
+            for pid, d in products.items()
+        },
+        live,
+    )
+
+
+def _same_price(a: Any, b: Decimal) -> bool:
+    try:
+        return Decimal(str(a)) == b
+    except ArithmeticError:
+        return False
+
+
+def prove_storefront(state: Mapping[str, Any], db: Expected) -> SinkProof:
+    """The shop keeps every product it got; deleted ones deactivated (docs/storefront-api.md)."""
+    proof = SinkProof("storefront-api")
+    shop: Mapping[str, Mapping[str, Any]] = state["products"]
+    active = {ref for ref, p in shop.items() if p.get("active")}
+    db_active = {p["reference"] for p in db.products.values() if p["active"]}
+    proof.count("active products", len(active), len(db_active))
+    proof.lines.append(
+        f"products in the shop: {len(shop):,} (deleted and inactive ones stay, inactive); "
+        f"syncs {len(state['syncs']):,}, logins {state['logins']}"
+    )
+    for pid, p in sorted(db.products.items()):
+        got = shop.get(p["reference"])
+        if got is None:
+            proof.differ(f"product {pid} ({p['reference']}): not in the shop")
+            continue
+        wrong = [
+            f"{k} {got.get(k)!r} != {p[k]!r}"
+            for k in ("name", "active", "quantity")
+            if got.get(k) != p[k]
+        ]
+        if not _same_price(got.get("price"), p["price"]):
+            wrong.append(f"price {got.get('price')!r} != {p['price']}")
+        if wrong:
+            proof.differ(f"product {pid}: " + "; ".join(wrong))
+    live_refs = {p["reference"] for p in db.products.values()}
+    for ref in sorted(active - live_refs):
+        proof.differ(f"{ref}: active in the shop, deleted in the database")
+    return proof
+
+
+def prove_search_service(state: Mapping[str, Any], db: Expected) -> SinkProof:
+    """Every live product is an item (inactive ones with status "disabled")."""
+    proof = SinkProof("search-service")
+    items: Mapping[str, Mapping[str, Any]] = state["items"]
+    proof.count("items in the hosted index", len(items), len(db.products))
+    proof.lines.append(
+        f"service status {state['status']!r}, full import {state['full_import']!r}, "
+        f"malformed requests {state['malformed']['total']}, blocked {state['blocked']}"
+    )
+    for pid, p in sorted(db.products.items()):
+        item = items.get(str(pid))
+        if item is None:
+            proof.differ(f"product {pid}: not in the index")
+            continue
+        status = "active" if p["active"] else "disabled"
+        wrong = (
+            [f"title {item.get('title')!r} != {p['name']!r}"]
+            if item.get("title") != (p["name"])
+            else []
+        )
+        if item.get("status") != status:
+            wrong.append(f"status {item.get('status')!r} != {status!r}")
+        if not _same_price(item.get("price"), p["price"]):
+            wrong.append(f"price {item.get('price')!r} != {p['price']}")
+        if wrong:
+            proof.differ(f"product {pid}: " + "; ".join(wrong))
+    for ident in sorted(set(items) - {str(pid) for pid in db.products}, key=int):
+        proof.differ(f"product {ident}: in the index, deleted in the database")
+    return proof
+
+
+def prove_webhooks(state: Mapping[str, Any], db: Expected) -> SinkProof:
+    """Per product the last event received tells the receiver the product's state."""
+    proof = SinkProof("webhooks")
+    products: Mapping[str, Mapping[str, Any]] = state["products"]
+    alive = {int(k): v for k, v in products.items() if v.get("event_type") != "product.deleted"}
+    proof.lines.append(
+        f"events received: {len(state['events']):,} for {len(products):,} distinct products; "
+        f"out of order {len(state['out_of_order'])}, duplicates {len(state['duplicates'])}, "
+        f"refused {len(state['refused'])}"
+    )
+    proof.count("products whose last event is not product.deleted", len(alive), len(db.products))
+    for pid, p in sorted(db.products.items()):
+        last = alive.get(pid)
+        if last is None:
+            proof.differ(f"product {pid}: no event, or its last event is product.deleted")
+            continue
+        body = last.get("product") or {}
+        wrong = [
+            f"{k} {body.get(k2)!r} != {p[k]!r}"
+            for k, k2 in (("name", "name"), ("active", "is_active"), ("quantity", "total_quantity"))
+            if body.get(k2) != p[k]
+        ]
+        if not _same_price(body.get("price"), p["price"]):
+            wrong.append(f"price {body.get('price')!r} != {p['price']}")
+        if wrong:
+            proof.differ(f"product {pid}: " + "; ".join(wrong))
+    for pid in sorted(set(alive) - set(db.products)):
+        proof.differ(f"product {pid}: last event not product.deleted, deleted in the database")
+    if state["out_of_order"]:
+        proof.differ(f"{len(state['out_of_order'])} events out of order")
+    return proof
+
+
+PROVERS = {
+    "storefront-api": prove_storefront,
+    "search-service": prove_search_service,
+    "webhooks": prove_webhooks,
+}
+
+
+def contract_state(port: int, host: str = "127.0.0.1") -> Any:
+    try:
+        response = httpx.get(f"http://{host}:{port}/_contract/state", timeout=30)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise CatalogCdcError(f"contract server on port {port}: {exc}") from exc
+    return response.json()
+
+
+def _proof(config_path: Path, summary: Path | None) -> int:
+    from pipeline.settings import load_connections
+
+    config = load_config(config_path)
+    db = expected_from_db(load_connections().require("postgres_dsn"))
+    print(
+        f"database: {db.live_sql:,} products not deleted "
+        "(SELECT count(*) FROM products WHERE deleted_at IS NULL), "
+        f"{sum(1 for p in db.products.values() if p['active']):,} of them active"
+    )
+    proofs = []
+    for name, server in config.contract_servers.items():
+        if not server.enabled or name not in PROVERS:
+            continue
+        consumer = config.consumers.get(name)
+        if consumer is None or not consumer.enabled:
+            continue
+        proof = PROVERS[name](contract_state(server.port, server.host), db)
+        proofs.append(proof)
+        verdict = "in sync" if proof.in_sync else f"OUT OF SYNC ({proof.difference_count})"
+        print(f"\n{name} (contract server :{server.port}): {verdict}")
+        for line in proof.lines:
+            print(f"  {line}")
+        for text in proof.differences:
+            print(f"  differs: {text}")
+    if summary is not None:
+        with summary.open("a") as out:
+            for p in proofs:
+                out.write(json.dumps({"sink": p.name, "in_sync": p.in_sync, "lines": p.lines}))
+                out.write("\n")
+    return 0 if all(p.in_sync for p in proofs) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline import logs
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.dashboard.demo")
+    parser.add_argument("step", choices=["ports", "reset", "wait-reader", "proof"])
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--summary", type=Path, help="proof: append one JSON line per sink")
+    parser.add_argument("--timeout", type=float, default=240, help="wait-reader: seconds")
+    args = parser.parse_args(argv)
+    logs.configure("warning", "kv")
+    try:
+        if args.step == "ports":
+            return _ports(args.config)
+        if args.step == "reset":
+            return _reset(args.config)
+        if args.step == "wait-reader":
+            return _wait_reader(args.config, args.timeout)
+        return _proof(args.config, args.summary)
+    except CatalogCdcError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
