@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -45,6 +45,8 @@ from pipeline.errors import CatalogCdcError
 from pipeline.kafka import consumer_config
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 __all__ = [
     "ReplayError",
@@ -250,15 +252,19 @@ class Replayer:
                 state["pass"],
                 self._remaining(state["positions"], state["ends"]),
             )
-        self._retrying(self.sink.open)
+        # Every call into the sink runs on one worker thread (a sink may hold objects,
+        # such as SQLite connections, that belong to the thread that opened them), so
+        # the main thread can read and decode the next batch meanwhile.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"replay-{self.sink.name}")
+        self._on_sink(lambda: self._retrying(self.sink.open))
         try:
-            state["plan"] = self.plan.prepare(self.sink, state["plan"])
+            state["plan"] = self._on_sink(lambda: self.plan.prepare(self.sink, state["plan"]))
             self._save(state)
             if state["pass"] == "first":
                 self._pass(state, "replaying")
                 if self.stop.is_set():
                     return self._result(started, state, interrupted=True)
-                state["plan"] = self.plan.switch(self.sink, state["plan"])
+                state["plan"] = self._on_sink(lambda: self.plan.switch(self.sink, state["plan"]))
                 state["pass"] = "last"
                 state["ends"] = self._ends()
                 self._save(state)
@@ -266,14 +272,18 @@ class Replayer:
                 self._pass(state, "catching up")
                 if self.stop.is_set():
                     return self._result(started, state, interrupted=True)
-                state["plan"] = self.plan.finish(self.sink, state["plan"])
+                state["plan"] = self._on_sink(lambda: self.plan.finish(self.sink, state["plan"]))
                 state["pass"] = "done"
                 self._save(state)
             self._report("done", 0, 0, started)
             return self._result(started, state)
         finally:
             self._consumer.close()
-            self.sink.close()
+            self._on_sink(self.sink.close)
+            self._pool.shutdown()
+
+    def _on_sink(self, call: Callable[[], T]) -> T:
+        return self._pool.submit(call).result()
 
     def _result(
         self, started: float, state: dict[str, Any], interrupted: bool = False
@@ -337,14 +347,13 @@ class Replayer:
             self._report(phase, progress[0], total, t0)
             return not self.stop.is_set()
 
-        with ThreadPoolExecutor(1, thread_name_prefix=f"replay-{self.sink.name}") as pool:
-            pending: tuple[Future[list[Rejected] | None], list[Record | RawRecord]] | None = None
-            for batch in self._batches(pos, ends):
-                if pending is not None and not complete(*pending):
-                    return
-                pending = (pool.submit(self._write, batch), batch)
-            if pending is not None:
-                complete(*pending)
+        pending: tuple[Future[list[Rejected] | None], list[Record | RawRecord]] | None = None
+        for batch in self._batches(pos, ends):
+            if pending is not None and not complete(*pending):
+                return
+            pending = (self._pool.submit(self._write, batch), batch)
+        if pending is not None:
+            complete(*pending)
 
     def _write(self, batch: list[Record | RawRecord]) -> list[Rejected] | None:
         docs = [r for r in batch if isinstance(r, Record)]
