@@ -1,0 +1,268 @@
+"""Fault injection under load: the whole pipeline as real processes, on private services.
+
+Reader, assembler and three consumers (search, edge-kv on SQLite, webhooks to an
+in-process receiver) run as ``catalog-cdc`` subprocesses, watched like the supervisor
+does (a service that exits is started again).  ``run_edits`` keeps editing the catalog
+while faults are injected.  After recovery every sink must equal the database: search
+and edge-kv through ``pipeline.verify``, the webhooks receiver's last event per product
+against ``expected_documents`` — zero missing, zero wrong; duplicates are harmless.
+
+PostgreSQL, the broker and Elasticsearch are private to this module (started here, in
+temporary directories, on free ports): these scenarios stop and freeze them, which must
+not disturb tests running on the shared stack.  See docs/faults.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pipeline.demo.catalog import load_schema
+from pipeline.demo.seed import seed_catalog
+from tests.contracts.webhooks import Server
+from tests.faults.support import (
+    NoidaProcess,
+    Pipeline,
+    PrivatePostgres,
+    Targets,
+    edits_in_background,
+    pipeline_for,
+    service_env,
+    slot_confirmed,
+    targeted_edits,
+    wait_converged,
+    wait_until,
+    wal_position,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+PRODUCTS = 60
+
+
+@dataclass
+class PrivateStack:
+    postgres: PrivatePostgres
+    broker: NoidaProcess
+    elasticsearch: NoidaProcess
+
+
+@pytest.fixture(scope="module")
+def private_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateStack]:
+    root = tmp_path_factory.mktemp("faults-stack")
+    stack = PrivateStack(
+        PrivatePostgres(root / "postgres"),
+        NoidaProcess("kafka", root / "kafka"),
+        NoidaProcess("elasticsearch", root / "elasticsearch"),
+    )
+    try:
+        stack.postgres.start()
+        stack.broker.start()
+        stack.elasticsearch.start()
+        yield stack
+    finally:
+        stack.broker.stop()
+        stack.elasticsearch.stop()
+        stack.postgres.close()
+
+
+@dataclass
+class Scenario:
+    targets: Targets
+    pipeline: Pipeline
+    stack: PrivateStack
+    workdir: Path
+
+    def streaming(self, timeout: float = 90) -> None:
+        reader = self.pipeline.services["reader"]
+        wait_until(lambda: "replication_started" in reader.log_text(), timeout, "the reader")
+
+    def drained(self, timeout: float = 120) -> float:
+        """Until the reader confirmed the database's current WAL position."""
+        target = wal_position(self.targets.dsn)
+        slot = f"s_{self.targets.prefix}"
+        return wait_until(
+            lambda: slot_confirmed(self.targets.dsn, slot, target), timeout, "the reader's slot"
+        )
+
+
+@pytest.fixture
+def scenario(private_stack: PrivateStack, tmp_path: Path) -> Iterator[Scenario]:
+    name = f"f_{uuid.uuid4().hex[:10]}"
+    dsn = private_stack.postgres.create_database(name)
+    with psycopg.connect(dsn) as conn:
+        load_schema(conn)
+    seed_catalog(dsn, products=PRODUCTS, seed=7)
+    prefix = name.replace("_", "")
+    empty_stack = tmp_path / "no-stack"
+    empty_stack.mkdir()
+    with Server() as receiver:
+        assert isinstance(receiver, Server)
+        kv = tmp_path / "kv.sqlite"
+        targets = Targets(
+            dsn=dsn,
+            bootstrap=private_stack.broker.address,
+            es_url=private_stack.elasticsearch.address,
+            prefix=prefix,
+            index_prefix=prefix,
+            kv_options={"backend": "sqlite", "path": str(kv), "page_size": "5"},
+            webhooks=receiver,
+        )
+        env = service_env(
+            os.environ,
+            dsn=dsn,
+            bootstrap=targets.bootstrap,
+            es_url=targets.es_url,
+            prefix=prefix,
+            stack_dir=empty_stack,
+        )
+        pipeline = pipeline_for(targets, tmp_path, env)
+        pipeline.start()
+        try:
+            yield Scenario(targets, pipeline, private_stack, tmp_path)
+        finally:
+            statuses = pipeline.stop()
+            print(json.dumps({"services": pipeline.summary(), "stopped": statuses}))
+
+
+def _check_receiver(receiver: Server) -> dict[str, int]:
+    state = receiver.state()
+    ids = [e["id"] for e in state["events"]]
+    # Every accepted delivery once; repeats (a 2xx lost in a crash) are deduplicated by id.
+    assert len(ids) == len(set(ids))
+    assert set(state["duplicates"]) <= set(ids)
+    assert not [r for r in state["refused"] if r["status"] == 401], state["refused"][:3]
+    return {"events": len(ids), "duplicates": len(state["duplicates"]),
+            "out_of_order": len(state["out_of_order"])}  # fmt: skip
+
+
+class _Killer:
+    """kill -9 of a seeded random choice of ``names`` every 2-6 s, in a thread."""
+
+    def __init__(self, scenario: Scenario, names: list[str], seed: int) -> None:
+        self.scenario, self.names, self.rng = scenario, names, random.Random(seed)
+        self.done: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="killer", daemon=True)
+        self._started = time.monotonic()
+
+    def _run(self) -> None:
+        # Each name once first (shuffled), then random ones.
+        plan = self.rng.sample(self.names, len(self.names))
+        while not self._stop.wait(self.rng.uniform(2.0, 6.0)):
+            name = plan.pop(0) if plan else self.rng.choice(self.names)
+            self.scenario.pipeline.kill9(name)
+            self.done.append((round(time.monotonic() - self._started, 1), name))
+
+    def __enter__(self) -> _Killer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+@pytest.mark.timeout(420)
+def test_kill9_reader_and_assembler_with_broker_elasticsearch_and_postgres_faults(
+    scenario: Scenario,
+) -> None:
+    """Under 20 edits/s for 70 s, with kill -9 of the reader or the assembler (seeded
+    random choice) every 2-6 s throughout: Elasticsearch stopped for 8 s; PostgreSQL
+    restarted twice (fast shutdown: every connection cut, the reader's walsender too);
+    the broker frozen (SIGSTOP) for 20 s, then SIGCONT; the broker restarted.
+    Then a brand rename, a category move, a url-key change and a hard delete.  Every
+    sink must end equal to the database."""
+    stack = scenario.stack
+    timeline: list[tuple[float, str]] = []
+    scenario.streaming()
+    started = time.monotonic()
+
+    def mark(what: str) -> None:
+        timeline.append((round(time.monotonic() - started, 1), what))
+
+    with (
+        edits_in_background(scenario.targets.dsn, rate=20, duration=70, seed=4) as stats,
+        _Killer(scenario, ["reader", "assembler"], seed=20260911) as killer,
+    ):
+        time.sleep(5)
+        mark("elasticsearch stop")
+        stack.elasticsearch.stop()
+        time.sleep(8)
+        stack.elasticsearch.start()
+        mark("elasticsearch back")
+        time.sleep(5)
+        mark("postgres restart")
+        stack.postgres.restart()
+        mark("postgres back")
+        time.sleep(8)
+        mark("postgres restart")
+        stack.postgres.restart()
+        mark("postgres back")
+        time.sleep(4)
+        mark("broker SIGSTOP")
+        stack.broker.freeze()
+        time.sleep(20)
+        stack.broker.thaw()
+        mark("broker SIGCONT")
+        time.sleep(4)
+        # Last: a broker restart also clears a group member left over by a consumer that
+        # crashed during the freeze (bugs 1 and 2 in docs/faults.md).
+        mark("broker restart")
+        stack.broker.restart()
+        mark("broker back")
+    targeted_edits(scenario.targets.dsn, "infra")
+    drained = scenario.drained()
+    converged = wait_converged(scenario.targets, 150)
+    receiver = _check_receiver(scenario.targets.webhooks)
+    summary = scenario.pipeline.summary()
+    print(json.dumps({"timeline": timeline, "kills": killer.done,
+                      "edits": [vars(s) for s in stats], "drained_s": drained,
+                      "converged_s": converged, "receiver": receiver, "services": summary,
+                      "elapsed_s": time.monotonic() - started}, default=str))  # fmt: skip
+    assert summary["reader"]["kills"] >= 1 and summary["assembler"]["kills"] >= 1, killer.done
+    assert sum(s.committed for s in stats) > 300, stats
+    assert receiver["out_of_order"] == 0, scenario.targets.webhooks.state()["out_of_order"][:3]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "a consumer restarted after a crash gets no partitions: consumers.runtime joins its "
+        "group as a dynamic member (no group.instance.id, default session.timeout.ms 45 s) "
+        "and the stack's broker (noida-db 0.2.3) never evicts the dead member, so the new "
+        "one waits forever and its sink stays behind the database (Apache Kafka would make "
+        "it wait the 45 s session timeout). The assembler joins as a static member "
+        "(AssemblerSettings.instance_id) and recovers at once. See docs/faults.md, bug 1"
+    ),
+)
+@pytest.mark.timeout(300)
+def test_kill9_of_each_consumer_under_load(scenario: Scenario) -> None:
+    """kill -9 of each consumer (search, edge-kv, webhooks) once, at seeded random
+    moments, while 25 edits/s run for 15 s; each is started again 1 s later.  Every sink
+    must then equal the database within 60 s."""
+    rng = random.Random(20260912)
+    consumers = ["search", "edge-kv", "webhooks"]
+    scenario.streaming()
+    with edits_in_background(scenario.targets.dsn, rate=25, duration=15, seed=3) as stats:
+        for name in rng.sample(consumers, len(consumers)):
+            time.sleep(rng.uniform(1.0, 4.0))
+            scenario.pipeline.kill9(name)
+    targeted_edits(scenario.targets.dsn, "k9")
+    scenario.drained()
+    summary = scenario.pipeline.summary()
+    assert all(summary[n]["kills"] == 1 for n in consumers), summary
+    assert sum(s.committed for s in stats) > 100, stats
+    wait_converged(scenario.targets, 60)
+    receiver = _check_receiver(scenario.targets.webhooks)
+    assert receiver["out_of_order"] == 0, scenario.targets.webhooks.state()["out_of_order"][:3]
