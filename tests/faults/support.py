@@ -170,6 +170,9 @@ class PrivatePostgres:
         with contextlib.suppress(Exception):
             self.stop()
         self.service.wipe(self.state)
+        if self.state.data_dir:  # the cluster may live in /var/tmp/catalog-cdc-<digest>/
+            with contextlib.suppress(OSError):
+                Path(self.state.data_dir).parent.parent.rmdir()
 
 
 # -- pipeline services as processes --------------------------------------------------------
