@@ -3,6 +3,7 @@
     python -m pipeline.dashboard.demo ports --config scripts/demo.toml
     python -m pipeline.dashboard.demo reset --config scripts/demo.toml
     python -m pipeline.dashboard.demo wait-reader --config scripts/demo.toml
+    python -m pipeline.dashboard.demo wait-groups --config scripts/demo.toml
     python -m pipeline.dashboard.demo proof --config scripts/demo.toml [--summary FILE]
 
 ``ports``: every port the config names (contract servers, metrics) is free on
@@ -13,7 +14,9 @@ the current ends of the raw and document topics (:func:`topic_ends`: the re-seed
 catalog comes after them), so they fill the empty contract servers with this demo's
 catalog only.
 ``wait-reader``: until the reader has confirmed the server's current WAL position;
-prints the UTC time (the assembler's and consumers' ``caught_up`` must come after it).
+prints the UTC time.  ``wait-groups``: then until the assembler's consumer group has
+committed the ends of the raw topics and each consumer's group the ends of the document
+topics (committed offsets: each stage commits only what its output or sink confirmed).
 ``proof``: what each contract server accepted (``GET /_contract/state``) against the
 database (:func:`pipeline.assembler.reference.expected_documents`): counts, and per
 product the fields the sink sends; exit 1 when one is out of sync.
@@ -90,6 +93,18 @@ def demo_groups(config: RunConfig) -> list[str]:
     return groups
 
 
+def consumer_topics(name: str, prefix: str) -> list[str]:
+    """The topics consumer ``name`` reads: the document topics of its sink's ``kinds``,
+    the raw topics of its ``raw_tables`` (what the runtime subscribes to)."""
+    from consumers.registry import load
+    from pipeline.assembler.codec import doc_topic
+
+    factory = load(name)
+    kinds = getattr(factory, "kinds", ("product", "category"))
+    raw = getattr(factory, "raw_tables", ())
+    return [doc_topic(prefix, k) for k in kinds] + [f"{prefix}.public.{t}" for t in raw]
+
+
 def state_files(config: RunConfig, root: Path) -> list[Path]:
     """The consumers' SQLite files (options ``state``/``path``) inside ``root``."""
     files = []
@@ -129,8 +144,11 @@ def _reset(config_path: Path) -> int:
             if exc.args[0].name() != "GROUP_ID_NOT_FOUND":
                 raise CatalogCdcError(f"cannot delete consumer group {group}: {exc}") from exc
     cut = topic_ends(bootstrap, conns.topic_prefix)
-    for group in groups:
-        commit_offsets(bootstrap, group, cut)
+    for name, consumer in config.consumers.items():
+        group = _group_of(consumer.args, "")
+        if consumer.enabled and group in groups:
+            topics = set(consumer_topics(name, conns.topic_prefix))
+            commit_offsets(bootstrap, group, [c for c in cut if c[0] in topics])
     return 0
 
 
@@ -219,6 +237,97 @@ def _wait_reader(config_path: Path, timeout: float) -> int:
         file=sys.stderr,
     )
     return 1
+
+
+# -- wait-groups ----------------------------------------------------------------------
+
+
+def _group_of(args: Sequence[str], default: str) -> str:
+    for i, arg in enumerate(args):
+        if arg == "--group" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--group="):
+            return arg.partition("=")[2]
+    return default
+
+
+def group_lag(
+    admin: Any, probe: Any, group: str, partitions: Sequence[Any], only_committed: bool = False
+) -> int:
+    """Messages between ``group``'s committed offsets and the ends of ``partitions`` (a
+    partition the group never committed counts from its low watermark).
+
+    ``only_committed``: only the topics the group committed to count — the assembler
+    reads the global tables (brands, categories, stores, CMS pages) without committing
+    (their positions are in its state file), so they cannot be checked this way."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    request = [ConsumerGroupTopicPartitions(group, list(partitions))]
+    (future,) = admin.list_consumer_group_offsets(request, request_timeout=15).values()
+    committed = future.result().topic_partitions
+    used = {tp.topic for tp in committed if tp.offset >= 0}
+    lag = 0
+    for tp in committed:
+        if only_committed and tp.topic not in used:
+            continue
+        low, high = probe.get_watermark_offsets(tp, timeout=15)
+        lag += max(0, high - max(low, tp.offset if tp.offset >= 0 else low))
+    return lag
+
+
+def _wait_groups(config_path: Path, timeout: float) -> int:
+    """Until the assembler's group has committed the ends of the raw topics, then every
+    consumer's group the ends of the document topics as they were then: every change
+    the reader had produced is in every sink (each commits only after its sink
+    confirmed). Call it after ``wait-reader``."""
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from pipeline.settings import load_connections
+
+    config = load_config(config_path)
+    conns = load_connections()
+    prefix = conns.topic_prefix
+    admin = AdminClient({"bootstrap.servers": conns.require("kafka_bootstrap")})
+    deadline = time.monotonic() + timeout
+    raw = f"{prefix}.public."
+    stages: list[tuple[str, str, list[str] | None]] = [
+        ("assembler", _group_of(config.assembler.args, f"{prefix}-assembler"), None)
+    ]
+    stages += [
+        (name, _group_of(c.args, f"{prefix}-{name}"), consumer_topics(name, prefix))
+        for name, c in config.consumers.items()
+        if c.enabled
+    ]
+    probe = Consumer(
+        {"bootstrap.servers": conns.require("kafka_bootstrap"), "group.id": "catalog-cdc-probe"}
+    )
+    try:
+        topics = probe.list_topics(timeout=15).topics
+        for name, group, wanted in stages:
+            # The assembler's input is the raw topics; each consumer must reach the ends
+            # its topics have once the assembler is done.
+            partitions = [
+                TopicPartition(t, p)
+                for t, meta in sorted(topics.items())
+                if (t.startswith(raw) if wanted is None else t in wanted)
+                for p in meta.partitions
+            ]
+            only = wanted is None
+            while (lag := group_lag(admin, probe, group, partitions, only)) > 0:
+                if time.monotonic() > deadline:
+                    print(
+                        f"demo: {name} (group {group}) is still {lag} messages behind after "
+                        f"{timeout:g}s",
+                        file=sys.stderr,
+                    )
+                    return 1
+                time.sleep(0.5)
+    finally:
+        probe.close()
+    return 0
 
 
 # -- proof ----------------------------------------------------------------------------
@@ -440,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline import logs
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.dashboard.demo")
-    parser.add_argument("step", choices=["ports", "reset", "wait-reader", "proof"])
+    parser.add_argument("step", choices=["ports", "reset", "wait-reader", "wait-groups", "proof"])
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--summary", type=Path, help="proof: append one JSON line per sink")
     parser.add_argument("--timeout", type=float, default=240, help="wait-reader: seconds")
@@ -453,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _reset(args.config)
         if args.step == "wait-reader":
             return _wait_reader(args.config, args.timeout)
+        if args.step == "wait-groups":
+            return _wait_groups(args.config, args.timeout)
         return _proof(args.config, args.summary)
     except CatalogCdcError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
