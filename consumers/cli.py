@@ -28,6 +28,11 @@ def register(sub: Any) -> None:
         help="an option for the sink (repeatable; see the consumer's docs)",
     )
     p.add_argument("--group", help="consumer group (default {prefix}-NAME)")
+    p.add_argument(
+        "--instance-id",
+        help="static group member id (default: host name + group; give each instance of "
+        "one consumer on one host its own; 'none': a dynamic member)",
+    )
     p.add_argument("--batch-size", type=int, default=500, help="records per batch (default 500)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument(
@@ -122,6 +127,7 @@ def _consume(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             group=args.group,
             idle_pause=args.idle_pause,
+            instance_id=_instance_id(args, conns.topic_prefix),
         ),
         schema_registry_url=conns.schema_registry_url,
     )
@@ -201,3 +207,11 @@ def _search_service(args: argparse.Namespace) -> int:
     from consumers.search_service.__main__ import main
 
     return main([args.action, *args.rest])
+
+
+def _instance_id(args: argparse.Namespace, prefix: str) -> str | None:
+    if args.instance_id:
+        return None if args.instance_id.lower() == "none" else str(args.instance_id)
+    import socket
+
+    return f"{socket.gethostname()}-{args.group or f'{prefix}-{args.name}'}"

@@ -41,7 +41,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from pipeline.assembler.codec import DocumentCodec, DocumentMessage, doc_key, doc_topic, headers_of
@@ -157,6 +164,11 @@ class RuntimeSettings:
     backoff_max: float = 30.0
     metrics_port: int | None = None
     group: str | None = None
+    instance_id: str | None = None
+    """Static group membership (``group.instance.id``): a restarted consumer with the same
+    id takes its partitions back at once instead of waiting for the dead member to time
+    out (on noida-db a dead dynamic member is never dropped).  Two live consumers must
+    not share one.  ``catalog-cdc consume`` sets ``{host}-{group}`` by default."""
 
 
 @dataclass
@@ -272,7 +284,13 @@ class ConsumerRuntime:
                 kafka_bootstrap=self.bootstrap,
             )
         self.producer = Producer(producer_config(self.bootstrap))
-        self.consumer = Consumer(consumer_config(self.bootstrap, self.group))
+        group_config: dict[str, Any] = {}
+        if self.settings.instance_id:
+            group_config = {
+                "group.instance.id": self.settings.instance_id,
+                "session.timeout.ms": 10000,
+            }
+        self.consumer = Consumer(consumer_config(self.bootstrap, self.group, **group_config))
         if self.settings.metrics_port is not None:
             start_http_server(
                 self.settings.metrics_port, addr=metrics_address(), registry=self.metrics.registry
@@ -524,13 +542,21 @@ class ConsumerRuntime:
         assignment = self.consumer.assignment()
         if not assignment:
             return False
-        committed = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in self.consumer.committed(assignment, timeout=10)
-        }
+        try:
+            committed = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in self.consumer.committed(assignment, timeout=10)
+            }
+            ends = {
+                tp: self.consumer.get_watermark_offsets(tp, cached=False, timeout=5)
+                for tp in assignment
+            }
+        except KafkaException as exc:  # the broker is slow or away: not at the end (yet)
+            log.warning("event=lag_check_failed consumer=%s error=%s", self.sink.name, exc)
+            return False
         behind = False
         for tp in assignment:
-            low, high = self.consumer.get_watermark_offsets(tp, cached=False, timeout=5)
+            low, high = ends[tp]
             pos = committed.get((tp.topic, tp.partition), -1)
             lag = max(0, high - max(low, pos if pos >= 0 else low))
             self.metrics.lag.labels(self.sink.name, tp.topic, str(tp.partition)).set(lag)

@@ -235,17 +235,6 @@ def test_kill9_reader_and_assembler_with_broker_elasticsearch_and_postgres_fault
     assert receiver["out_of_order"] == 0, scenario.targets.webhooks.state()["out_of_order"][:3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a consumer restarted after a crash gets no partitions: consumers.runtime joins its "
-        "group as a dynamic member (no group.instance.id, default session.timeout.ms 45 s) "
-        "and the stack's broker (noida-db 0.2.3) never evicts the dead member, so the new "
-        "one waits forever and its sink stays behind the database (Apache Kafka would make "
-        "it wait the 45 s session timeout). The assembler joins as a static member "
-        "(AssemblerSettings.instance_id) and recovers at once. See docs/faults.md, bug 1"
-    ),
-)
 @pytest.mark.timeout(300)
 def test_kill9_of_each_consumer_under_load(scenario: Scenario) -> None:
     """kill -9 of each consumer (search, edge-kv, webhooks) once, at seeded random
