@@ -100,8 +100,9 @@ def consumer_topics(name: str, prefix: str) -> list[str]:
     from pipeline.assembler.codec import doc_topic
 
     factory = load(name)
-    kinds = getattr(factory, "kinds", ("product", "category"))
-    raw = getattr(factory, "raw_tables", ())
+    sink = getattr(factory, "__self__", factory)  # the class of a `Sink.from_context`
+    kinds = getattr(sink, "kinds", ("product", "category"))
+    raw = getattr(sink, "raw_tables", ())
     return [doc_topic(prefix, k) for k in kinds] + [f"{prefix}.public.{t}" for t in raw]
 
 

@@ -439,6 +439,14 @@ def test_demo_config_ports_groups_and_state_files() -> None:
     }  # fmt: skip
 
 
+def test_the_topics_each_demo_consumer_reads() -> None:
+    assert demo.consumer_topics("storefront-api", "p") == ["p.doc.products"]
+    assert demo.consumer_topics("search", "p") == ["p.doc.products"]
+    assert demo.consumer_topics("edge-kv", "p") == [
+        "p.doc.products", "p.doc.categories", "p.public.stores", "p.public.cms_pages"
+    ]  # fmt: skip
+
+
 def test_a_port_in_use_is_found() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
