@@ -258,7 +258,6 @@ def test_burst_to_one_product_on_rest(
 def test_rest_backend_rules_against_the_contract_server() -> None:
     """No stack needed: auth, transient retries that resend only what is unconfirmed,
     a hot key held back a second, list/get with cursors."""
-    import time
 
     from consumers.runtime import SinkError, TransientSinkError
 
@@ -276,10 +275,8 @@ def test_rest_backend_rules_against_the_contract_server() -> None:
         kv.fail_next(503)
         with pytest.raises(TransientSinkError):
             b.apply({"a": "1"}, ["k:0001"])
-        started = time.monotonic()
-        b.apply({"a": "1", PULSE: "p2"}, ["k:0001"])  # pulse was written < 1 s ago: waits
-        assert time.monotonic() - started >= 0.5 or b.stats["waits"] > 0
-        state = kv.state()
+        b.apply({"a": "1", PULSE: "p2"}, ["k:0001"])  # pulse may be < 1 s old: it waits
+        state = kv.state()  # (no timing asserted: the server counts violations itself)
         assert state["violations"] == [] and state["keys"][PULSE] == "p2"
         assert "k:0001" not in state["keys"] and state["keys"]["a"] == "1"
         b.close()
