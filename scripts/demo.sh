@@ -97,7 +97,7 @@ $CLI kv get "$page_key" "${KV[@]}" --json | $PY -c '
 import json, sys
 page = json.load(sys.stdin)
 print(json.dumps({**page, "products": page["products"][:2]}, ensure_ascii=False)[:600])
-print(f"  ({len(page[\"products\"])} products on this page)")'
+print("  (%d products on this page)" % len(page["products"]))'
 echo
 echo "-- what each sink holds vs the database"
 sinks_ok=0
