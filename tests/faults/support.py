@@ -448,7 +448,40 @@ def wait_converged(targets: Targets, timeout: float) -> float:
     raise AssertionError(
         f"sinks not equal to the database after {timeout:.0f}s ({len(diffs)} differences):\n"
         + "\n".join(diffs[:30])
+        + "\n"
+        + _where_it_stopped(targets, diffs)
     )
+
+
+def _where_it_stopped(targets: Targets, diffs: list[str]) -> str:
+    """For the products that differ: their rows' last events on the raw topics and their
+    last document on the document topic, to tell a stage that lost a change."""
+    import re
+
+    from pipeline.assembler.topics import latest_documents
+    from tests.integration.reader_support import read_events
+
+    ids = sorted({int(m) for d in diffs for m in re.findall(r"product (\d+)", d)})[:3]
+    out = []
+    try:
+        docs = latest_documents(targets.bootstrap, targets.prefix, "product")
+        for table in ("products", "product_variants"):
+            topic = f"{targets.prefix}.public.{table}"
+            events = [e for _, e, _, _ in read_events(targets.bootstrap, targets.prefix, topic) if e]
+            for pid in ids:
+                col = "id" if table == "products" else "product_id"
+                mine = [e for e in events if ((e.after or e.before or {}).get(col) == pid)]
+                for e in mine[-3:]:
+                    row = e.after or e.before or {}
+                    out.append(f"raw {table} product {pid}: op={e.op} lsn={e.source.lsn} "
+                               f"row={ {k: row.get(k) for k in ('id', 'quantity', 'deleted_at', 'name')} }")  # fmt: skip
+        for pid in ids:
+            m = docs.get(pid)
+            out.append(f"doc product {pid}: version={None if m is None else m.version} "
+                       f"deleted={m is None or m.doc is None}")  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - a diagnostic only
+        out.append(f"(no diagnostic: {exc!r})")
+    return "\n".join(out)
 
 
 def wal_position(dsn: str) -> str:
