@@ -62,11 +62,11 @@ def main() -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["reader", "assembler", "search", "latency"],
+        choices=["reader", "assembler", "search", "latency", "replay"],
         help="run only these benchmarks (repeatable); the others are rendered from bench/out/",
     )
     args = parser.parse_args()
-    only = set(args.only or ["reader", "assembler", "search", "latency"])
+    only = set(args.only or ["reader", "assembler", "search", "latency", "replay"])
     rows, rounds, big = (50_000, 1, 200_000) if args.quick else (200_000, 5, 1_000_000)
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
@@ -74,6 +74,7 @@ def main() -> int:
     assembler_json = out_dir / "assembler.json"
     search_json = out_dir / "search.json"
     latency_json = out_dir / "latency.json"
+    replay_json = out_dir / "replay.json"
     # The reader first: the other benchmarks leave the broker busy for a while.
     if not args.render_only and "reader" in only:
         subprocess.run(
@@ -100,6 +101,13 @@ def main() -> int:
         subprocess.run(
             [sys.executable, str(HERE / "latency_bench.py"), "--products", str(products),
              "--duration", str(duration), "--json", str(latency_json)],
+            check=True,
+        )  # fmt: skip
+    if not args.render_only and "replay" in only:
+        products, rrounds = (10_000, 1) if args.quick else (100_000, 3)
+        subprocess.run(
+            [sys.executable, str(HERE / "replay_bench.py"), "--products", str(products),
+             "--rounds", str(rrounds), "--json", str(replay_json)],
             check=True,
         )  # fmt: skip
     r = json.loads(reader_json.read_text())
@@ -225,6 +233,7 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     import assembler_report
     import latency_report
+    import replay_report
     import search_report
 
     def measured(path: Path) -> list[str]:
@@ -244,6 +253,9 @@ def main() -> int:
     if latency_json.exists():
         section = latency_report.render(json.loads(latency_json.read_text()))
         lines += section[:2] + measured(latency_json) + section[2:]
+    if replay_json.exists():
+        section = replay_report.render(json.loads(replay_json.read_text()))
+        lines += section[:2] + measured(replay_json) + section[2:]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print((HERE / "RESULTS.md").read_text())
     return 0

@@ -44,6 +44,10 @@ def render(data: dict[str, Any]) -> list[str]:
         f"The medians {verdict} the goal of 0.8. The server's own indexing caps both",
         "clients; the sink adds its Python per document (body, hash) on top.",
         "",
+        "Absolute rates depend on what else the machine runs (this 2-core machine often ran",
+        "tests beside the benchmarks, and the shared server holds every test's data): compare",
+        "the side-by-side ratios, and re-run `make bench` on a quiet machine for the rates.",
+        "",
         "Raw numbers: `bench/out/search.json`.",
         "",
     ]
