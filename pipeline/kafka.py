@@ -55,6 +55,10 @@ def consumer_config(bootstrap: str, group: str | None = None, **overrides: Any) 
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
+        # noida-db (the local broker) ignores fetch.max.bytes: reading a long topic from
+        # the beginning it answered one fetch with 109 MB, over librdkafka's 100 MB
+        # default, and the consumer retried it forever.  Real Kafka honours the limit.
+        "receive.message.max.bytes": 1_000_000_000,
     }
     config["group.id"] = group or "catalog-cdc-tools"
     config.update(overrides)
