@@ -467,7 +467,9 @@ def _where_it_stopped(targets: Targets, diffs: list[str]) -> str:
         docs = latest_documents(targets.bootstrap, targets.prefix, "product")
         for table in ("products", "product_variants"):
             topic = f"{targets.prefix}.public.{table}"
-            events = [e for _, e, _, _ in read_events(targets.bootstrap, targets.prefix, topic) if e]
+            events = [
+                e for _, e, _, _ in read_events(targets.bootstrap, targets.prefix, topic) if e
+            ]
             for pid in ids:
                 col = "id" if table == "products" else "product_id"
                 mine = [e for e in events if ((e.after or e.before or {}).get(col) == pid)]
