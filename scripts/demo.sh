@@ -1,102 +1,145 @@
 #!/usr/bin/env bash
-# `make demo`: the local stack, a seeded catalog, the reader streaming live edits to
-# Kafka, the assembler turning them into product and category documents, and what
-# came out. Re-runnable: the catalog is re-seeded each time.
+# `make demo`: the local stack, a seeded catalog of DEMO_PRODUCTS (10,000) products, the
+# whole pipeline under `catalog-cdc run --config scripts/demo.toml` (reader, assembler,
+# consumers search, edge-kv, storefront-api, search-service and webhooks, the last three
+# against contract servers), live edits while `catalog-cdc dashboard` shows the pipeline,
+# then the proof: search results, edge KV entries, what every sink holds against the
+# database; a clean stop (SIGTERM) and a one-screen summary. Exit 0 when every sink is in
+# sync. Re-runnable: the catalog is re-seeded and the demo consumers start afresh.
+#   DEMO_PRODUCTS (10000)  DEMO_EDIT_RATE (40 edits/s)  DEMO_EDIT_SECONDS (20)
+#   DEMO_TIMEOUT (240: seconds the pipeline may take to catch up, per phase)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLI=.venv/bin/catalog-cdc
-PRODUCTS=${DEMO_PRODUCTS:-2000}
-log=.stack/demo-reader.log
-alog=.stack/demo-assembler.log
-slog=.stack/demo-search.log
+PY=.venv/bin/python
+CONFIG=scripts/demo.toml
+PRODUCTS=${DEMO_PRODUCTS:-10000}
+EDIT_RATE=${DEMO_EDIT_RATE:-40}
+EDIT_SECONDS=${DEMO_EDIT_SECONDS:-20}
+TIMEOUT=${DEMO_TIMEOUT:-240}
+DIR=.stack/demo
+RUNLOG=$DIR/run.log
+SUMMARY=$DIR/proof.jsonl
+KV=(--path "$DIR/edge-kv.sqlite")
 
 step() { printf '\n== %s ==\n' "$*"; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+started=$(now)
+
+# Every stage caught up with what is committed now: the reader has confirmed the
+# server's current WAL position (read it all, Kafka acknowledged it), then the
+# assembler's consumer group has committed the ends of the raw topics, then every
+# consumer's group the ends of the document topics (pipeline/dashboard/demo.py).
+wait_pipeline() {
+    $PY -m pipeline.dashboard.demo wait-reader --config "$CONFIG" --timeout "$TIMEOUT" >/dev/null \
+        && $PY -m pipeline.dashboard.demo wait-groups --config "$CONFIG" --timeout "$TIMEOUT"
+}
 
 step "starting the local stack"
 $CLI stack up >/dev/null
+$PY -m pipeline.dashboard.demo ports --config "$CONFIG"  # fails naming a port in use
 step "seeding $PRODUCTS products"
+t=$(now)
 $CLI demo seed --products "$PRODUCTS" --replace
+seed_s=$(since "$t")
 
-step "starting the reader (log: $log)"
-: > "$log"
-$CLI reader >>"$log" 2>&1 &
-reader=$!
-assembler=
-search=
-trap 'kill -TERM $reader $assembler $search 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-    grep -q replication_started "$log" && break
-    kill -0 $reader 2>/dev/null || { tail -20 "$log"; echo "reader failed" >&2; exit 1; }
-    sleep 0.2
-done
-grep -E "event=(snapshot_done|resume)" "$log" | tail -1 | sed 's/^/  /'
+step "starting the pipeline: catalog-cdc run --config $CONFIG (log: $RUNLOG)"
+mkdir -p "$DIR"
+$PY -m pipeline.dashboard.demo reset --config "$CONFIG"  # demo groups and state files
+: > "$RUNLOG"
+: > "$SUMMARY"
+t=$(now)
+$CLI run --config "$CONFIG" >>"$RUNLOG" 2>&1 &
+run=$!
+trap 'kill -TERM $run 2>/dev/null && wait $run 2>/dev/null || true' EXIT
+sleep 1
+kill -0 $run 2>/dev/null || { tail -20 "$RUNLOG"; echo "demo: catalog-cdc run failed" >&2; exit 1; }
+$CLI run --config "$CONFIG" --check | sed -n '/would start/,/^stop/p' | cut -c1-110
 
-step "starting the assembler (log: $alog)"
-: > "$alog"
-$CLI assembler >>"$alog" 2>&1 &
-assembler=$!
-for _ in $(seq 1 900); do
-    grep -qE "event=(catch_up_done|partitions_assigned)" "$alog" && break
-    kill -0 $assembler 2>/dev/null || { tail -20 "$alog"; echo "assembler failed" >&2; exit 1; }
-    sleep 0.2
-done
-grep -E "event=(catch_up_done|partitions_assigned)" "$alog" | tail -1 | cut -c1-200 | sed 's/^/  /'
+step "initial load: $PRODUCTS products through every stage"
+$CLI dashboard --config "$CONFIG" --until-synced --timeout "$TIMEOUT" \
+    --title "catalog-cdc demo: initial load of $PRODUCTS products" || true
+wait_pipeline
+load_s=$(since "$t")
+echo "initial load done in ${load_s}s (every consumer caught up)"
 
-step "starting the search consumer (log: $slog)"
-: > "$slog"
-$CLI consume search >>"$slog" 2>&1 &
-search=$!
+step "live edits: $EDIT_RATE edits/s for $EDIT_SECONDS s"
+t=$(now)
+$CLI demo edits --rate "$EDIT_RATE" --duration "$EDIT_SECONDS" --json >"$DIR/edits.json" 2>"$DIR/edits.log" &
+edits=$!
+$CLI dashboard --config "$CONFIG" --duration "$EDIT_SECONDS" \
+    --title "catalog-cdc demo: live edits, $EDIT_RATE/s for $EDIT_SECONDS s"
+wait $edits
+edits_s=$(since "$t")
+committed=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["committed"])' "$DIR/edits.json")
+echo "edits: $committed committed in ${edits_s}s"
 
-step "applying live edits for 5 s"
-$CLI demo edits --rate 40 --duration 5
-sleep 1  # the reader delivers the last edits within milliseconds
-mark=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
+step "catching up after the edits"
+t=$(now)
+$CLI dashboard --config "$CONFIG" --until-synced --timeout "$TIMEOUT" \
+    --title "catalog-cdc demo: catching up after the edits" || true
+wait_pipeline
+catchup_s=$(since "$t")
+echo "every consumer caught up ${catchup_s}s after the edits stopped"
+$CLI dashboard --config "$CONFIG" --once --interval 1 --title "the pipeline now"
 
-step "Kafka topics"
-$CLI topics
-step "the newest change events of catalog.public.products (via catalog-cdc tail)"
-$CLI tail catalog.public.products --from-beginning --timeout 2 | tail -n 2 | cut -c1-400
-
-for _ in $(seq 1 600); do  # until the assembler says it caught up after the edits
-    last=$(grep -E "event=caught_up" "$alog" | tail -1 | sed -E 's/^ts=([^ ]+).*/\1/' || true)
-    [[ -n "$last" && "$last" > "$mark" ]] && break
-    kill -0 $assembler 2>/dev/null || { tail -20 "$alog"; echo "assembler failed" >&2; exit 1; }
-    sleep 0.2
-done
-
-for _ in $(seq 1 600); do  # and the search consumer after the assembler
-    last=$(grep -E "event=caught_up" "$slog" | tail -1 | sed -E 's/^ts=([^ ]+).*/\1/' || true)
-    [[ -n "$last" && "$last" > "$mark" ]] && break
-    kill -0 $search 2>/dev/null || { tail -20 "$slog"; echo "search consumer failed" >&2; exit 1; }
-    sleep 0.2
-done
-
-step "product and category documents (via catalog-cdc documents)"
-$CLI documents products --no-tombstones > .stack/demo-products.jsonl
-$CLI documents categories --no-tombstones > .stack/demo-categories.jsonl
-echo "  $(wc -l < .stack/demo-products.jsonl) product documents, $(wc -l < .stack/demo-categories.jsonl) category documents"
-tail -n 1 .stack/demo-products.jsonl | cut -c1-600
-tail -n 1 .stack/demo-categories.jsonl | cut -c1-300
-
-step "search: \"headphones\" up to 200 (via catalog-cdc search)"
+step "the proof"
+echo "-- search: \"headphones\" up to 200 (catalog-cdc search --refresh)"
 $CLI search headphones --price ..200 --size 5 --refresh
+$CLI kv list "" "${KV[@]}" >"$DIR/kv-keys.txt"
+product_key=$(grep -m1 ':product:' "$DIR/kv-keys.txt" || true)
+page_key=$(grep -m1 ':products:category:' "$DIR/kv-keys.txt" || true)
+echo "-- edge KV: $product_key (catalog-cdc kv get)"
+$CLI kv get "$product_key" "${KV[@]}" | cut -c1-400
+echo "-- edge KV: $page_key (a listing page, first 2 products)"
+$CLI kv get "$page_key" "${KV[@]}" --json | $PY -c '
+import json, sys
+page = json.load(sys.stdin)
+print(json.dumps({**page, "products": page["products"][:2]}, ensure_ascii=False)[:600])
+print("  (%d products on this page)" % len(page["products"]))'
+echo
+echo "-- what each sink holds vs the database"
+sinks_ok=0
+$PY -m pipeline.dashboard.demo proof --config "$CONFIG" --summary "$SUMMARY" || sinks_ok=1
+search_ok=yes; edge_ok=yes
+echo
+$CLI verify search --limit 3 || { search_ok=no; sinks_ok=1; }
+$CLI verify edge-kv --option path="$DIR/edge-kv.sqlite" --limit 3 || { edge_ok=no; sinks_ok=1; }
 
-kill -TERM $reader $assembler $search
-wait $reader || true
-wait $assembler || true
-wait $search || true
+step "stopping the pipeline (SIGTERM to catalog-cdc run)"
+t=$(now)
+kill -TERM $run
+run_status=0
+wait $run || run_status=$?
 trap - EXIT
-grep -E "event=stopped" "$log" | tail -1 | sed 's/^/  reader: /'
-grep -E "event=assembler_stopped" "$alog" | tail -1 | cut -c1-200 | sed 's/^/  assembler: /'
-grep -E "event=consumer_stopped" "$slog" | tail -1 | cut -c1-200 | sed 's/^/  search: /'
+stop_s=$(since "$t")
+grep -E "event=supervisor_stopped" "$RUNLOG" | tail -1 | cut -c1-200 | sed 's/^/  /' || true
+restarts=$(grep -c "event=service_failed" "$RUNLOG" || true)
 
-step "row counts (catalog database)"
-$CLI demo counts
-step "running services"
-$CLI stack status
+total_s=$(since "$started")
+step "summary"
+printf '  %-28s %s\n' \
+    "catalog" "$PRODUCTS products seeded in ${seed_s}s, $committed live edits committed" \
+    "initial load" "${load_s}s (run started -> every consumer caught up)" \
+    "live edits" "${edits_s}s at $EDIT_RATE/s" \
+    "catch-up after the edits" "${catchup_s}s" \
+    "clean stop" "${stop_s}s, catalog-cdc run exit status $run_status, $restarts service failures" \
+    "total" "${total_s}s"
+echo "  in sync with the database:"
+printf '    %-16s %s\n' "search" "$search_ok (catalog-cdc verify search)" \
+    "edge-kv" "$edge_ok (catalog-cdc verify edge-kv)"
+$PY - "$SUMMARY" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    p = json.loads(line)
+    print(f"    {p['sink']:<16} {'yes' if p['in_sync'] else 'NO'} ({p['lines'][0]})")
+EOF
 echo
 echo "The stack keeps running (data under .stack/): '.venv/bin/catalog-cdc stack down' stops it."
-echo "Follow live events: '.venv/bin/catalog-cdc reader' and '.venv/bin/catalog-cdc assembler'"
-echo "in two terminals, '.venv/bin/catalog-cdc demo edits --rate 20 --duration 60' and"
-echo "'.venv/bin/catalog-cdc tail catalog.public.products' in others, then"
-echo "'.venv/bin/catalog-cdc documents products --id 1'."
+echo "Run the pipeline yourself: '.venv/bin/catalog-cdc run --config $CONFIG', and in another"
+echo "terminal '.venv/bin/catalog-cdc dashboard --config $CONFIG' (docs/dashboard.md)."
+if (( sinks_ok != 0 || run_status != 0 )); then
+    echo "demo: a sink is out of sync or the pipeline did not stop cleanly (log: $RUNLOG)" >&2
+    exit 1
+fi

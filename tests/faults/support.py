@@ -265,6 +265,22 @@ class Pipeline:
             if service.running:
                 service.kill9()  # the watchdog sees it exited (-9) and starts it again
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Every running service stopped (SIGSTOP) inside the block, continued after; no
+        kill or restart happens meanwhile."""
+        with self._lock:
+            stopped = [s for s in self.services.values() if s.running]
+            for service in stopped:
+                assert service.proc is not None
+                service.proc.send_signal(signal.SIGSTOP)
+            try:
+                yield
+            finally:
+                for service in stopped:
+                    assert service.proc is not None
+                    service.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> dict[str, int | None]:
         """SIGTERM everything (consumers first, the reader last); their exit statuses."""
         self._stop.set()
@@ -462,25 +478,39 @@ def _where_it_stopped(targets: Targets, diffs: list[str]) -> str:
     from tests.integration.reader_support import read_events
 
     ids = sorted({int(m) for d in diffs for m in re.findall(r"product (\d+)", d)})[:3]
+    # The fields named in the differences ("...; description: sink ... != db ...").
+    fields = sorted({f for d in diffs for f in re.findall(r"[;,] ([a-z_]+): sink", d)})
+    shown = ("id", "quantity", "deleted_at", "name", *[f for f in fields if f != "name"])
+
+    def brief(value: object) -> object:
+        text = repr(value)
+        return text if len(text) <= 60 else f"{text[:48]}...({len(text)} chars)"
+
     out = []
     try:
         docs = latest_documents(targets.bootstrap, targets.prefix, "product")
         for table in ("products", "product_variants"):
             topic = f"{targets.prefix}.public.{table}"
             events = [
-                e for _, e, _, _ in read_events(targets.bootstrap, targets.prefix, topic) if e
+                (f"{part}:{off}", e)
+                for _, e, part, off in read_events(targets.bootstrap, targets.prefix, topic)
+                if e
             ]
             for pid in ids:
                 col = "id" if table == "products" else "product_id"
-                mine = [e for e in events if ((e.after or e.before or {}).get(col) == pid)]
-                for e in mine[-3:]:
+                mine = [(o, e) for o, e in events if (e.after or e.before or {}).get(col) == pid]
+                for off, e in mine[-8:]:
                     row = e.after or e.before or {}
-                    out.append(f"raw {table} product {pid}: op={e.op} lsn={e.source.lsn} "
-                               f"row={ {k: row.get(k) for k in ('id', 'quantity', 'deleted_at', 'name')} }")  # fmt: skip
+                    values = {k: brief(v) for k, v in row.items() if k in shown or
+                              table == "product_variants"}  # fmt: skip
+                    out.append(f"raw {table} product {pid}: offset={off} op={e.op} "
+                               f"lsn={e.source.lsn} tx={e.source.txId} row={values}")  # fmt: skip
         for pid in ids:
             m = docs.get(pid)
+            values = {} if m is None or m.doc is None else {
+                f: brief(getattr(m.doc, f, None)) for f in fields}  # fmt: skip
             out.append(f"doc product {pid}: version={None if m is None else m.version} "
-                       f"deleted={m is None or m.doc is None}")  # fmt: skip
+                       f"deleted={m is None or m.doc is None} {values}")  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - a diagnostic only
         out.append(f"(no diagnostic: {exc!r})")
     return "\n".join(out)

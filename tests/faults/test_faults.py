@@ -14,6 +14,7 @@ not disturb tests running on the shared stack.  See docs/faults.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -26,9 +27,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from pipeline.demo.catalog import load_schema
 from pipeline.demo.seed import seed_catalog
+from pipeline.kafka import TopicSpec, consumer_config, ensure_topics, producer_config
 from tests.contracts.webhooks import Server
 from tests.faults.support import (
     NoidaProcess,
@@ -173,17 +176,6 @@ class _Killer:
         self._thread.join(30)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "intermittent, under investigation: 2 of 4 runs on 2026-12-02 ended with one "
-        "product's document stale in every sink (a variant's stock change, once a "
-        "reactivation) - the document topic itself lacks the change, so the reader or the "
-        "assembler lost it under kill -9 + PostgreSQL restarts + broker freeze/restart. "
-        "Run with --runxfail: the failure lists the product's last raw events and document "
-        "(docs/faults.md)"
-    ),
-)
 @pytest.mark.timeout(420)
 def test_kill9_reader_and_assembler_with_broker_elasticsearch_and_postgres_faults(
     scenario: Scenario,
@@ -191,7 +183,8 @@ def test_kill9_reader_and_assembler_with_broker_elasticsearch_and_postgres_fault
     """Under 20 edits/s for 70 s, with kill -9 of the reader or the assembler (seeded
     random choice) every 2-6 s throughout: Elasticsearch stopped for 8 s; PostgreSQL
     restarted twice (fast shutdown: every connection cut, the reader's walsender too);
-    the broker frozen (SIGSTOP) for 20 s, then SIGCONT; the broker restarted.
+    the broker frozen (SIGSTOP) for 20 s, then SIGCONT; the broker restarted (the
+    services held still across the restart itself: noida-db's lost batch).
     Then a brand rename, a category move, a url-key change and a hard delete.  Every
     sink must end equal to the database."""
     stack = scenario.stack
@@ -228,9 +221,15 @@ def test_kill9_reader_and_assembler_with_broker_elasticsearch_and_postgres_fault
         mark("broker SIGCONT")
         time.sleep(4)
         # Last: a broker restart also clears a group member left over by a consumer that
-        # crashed during the freeze (bugs 1 and 2 in docs/faults.md).
+        # crashed during the freeze (bugs 1 and 2 in docs/faults.md).  The services are
+        # held still (SIGSTOP) across it: noida-db acknowledges the last batch it
+        # receives before a shutdown and then loses it (bug 4 in docs/faults.md, and
+        # test_broker_keeps_acknowledged_messages_across_a_restart), which no client of
+        # a broker can make up for.  The edits go on meanwhile.
         mark("broker restart")
-        stack.broker.restart()
+        with scenario.pipeline.paused():
+            time.sleep(1.5)
+            stack.broker.restart()
         mark("broker back")
     targeted_edits(scenario.targets.dsn, "infra")
     drained = scenario.drained()
@@ -266,3 +265,69 @@ def test_kill9_of_each_consumer_under_load(scenario: Scenario) -> None:
     wait_converged(scenario.targets, 60)
     receiver = _check_receiver(scenario.targets.webhooks)
     assert receiver["out_of_order"] == 0, scenario.targets.webhooks.state()["out_of_order"][:3]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "noida-db loses the batch it acknowledged last before a shutdown (SIGTERM or "
+        "SIGINT); measured 2026-12-02: 50 of 22,500 acknowledged messages gone after a "
+        "restart under load, none after 1 s idle. When this passes, noida-db is fixed: "
+        "drop the pause around the broker restart above (docs/faults.md, bug 4)"
+    ),
+)
+@pytest.mark.timeout(120)
+def test_broker_keeps_acknowledged_messages_across_a_restart(
+    private_stack: PrivateStack,
+) -> None:
+    """Every message the broker acknowledged (idempotent producer, acks=all) is still
+    there after a restart in the middle of producing."""
+    broker = private_stack.broker
+    topic = f"durability-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.address, [TopicSpec(topic, 1)])
+    acked: list[int] = []
+
+    def delivered(err: object, msg: object) -> None:
+        if err is None:
+            acked.append(int(msg.key()))  # type: ignore[attr-defined]
+
+    producer = Producer(producer_config(broker.address))
+    stop = threading.Event()
+    fatal: list[str] = []
+
+    def produce() -> None:
+        i = 0
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(BufferError):
+                    producer.produce(topic, key=str(i).encode(), value=b"x" * 200,
+                                     on_delivery=delivered)  # fmt: skip
+                    i += 1
+                producer.poll(0 if i % 50 else 0.005)
+            producer.flush(30)
+        except KafkaException as exc:
+            # librdkafka's idempotent producer tells the loss: a fatal "sequence
+            # desynchronization with broker" once the broker forgot what it acknowledged.
+            fatal.append(str(exc))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    time.sleep(2)
+    broker.restart()
+    time.sleep(2)
+    stop.set()
+    thread.join(60)
+    assert len(acked) > 1000
+    consumer = Consumer(consumer_config(broker.address, f"g-{topic}"))
+    try:
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        seen: set[int] = set()
+        while batch := consumer.consume(10_000, 3):
+            seen.update(int(m.key() or b"-1") for m in batch if m.error() is None)
+    finally:
+        consumer.close()
+    missing = sorted(set(acked) - seen)
+    assert not missing, (
+        f"{len(missing)} of {len(acked)} acknowledged messages lost: {missing[:5]}; "
+        f"the producer said: {fatal[:1]}"
+    )
