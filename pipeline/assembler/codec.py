@@ -34,7 +34,7 @@ from pipeline.assembler.documents import (
 )
 from pipeline.codec.errors import DecodeError
 from pipeline.codec.schema_store import SchemaStore
-from pipeline.codec.single_object import MAGIC, SingleObjectEncoding, split_header
+from pipeline.codec.single_object import MAGIC, SingleObjectEncoding, fingerprint, split_header
 
 __all__ = ["DocumentCodec", "DocumentMessage", "doc_key", "doc_topic", "headers_of"]
 
@@ -118,7 +118,8 @@ class DocumentCodec:
         self._prefix = topic_prefix
         self._store = None if store is None else SingleObjectEncoding(store)
         self._registry = registry
-        self._fingerprints: dict[type[Any], bytes] = {}
+        self._fingerprints: dict[type[Any], bytes] = {}  # registered by encode()
+        self._current: dict[type[Any], bytes] = {}  # of the current schemas, for decode()
         self._ids: dict[type[Any], int] = {}
         self._writers: dict[int, Any] = {}
 
@@ -145,16 +146,22 @@ class DocumentCodec:
 
     def decode(self, data: bytes, cls: type[D]) -> D:
         """The document of value bytes ``data`` (resolved to the current schema)."""
+        reader: Any = avro_schema(cls)
         if self._store is not None:
             fp, body = split_header(data)
             writer = self._store.writer_schema(fp)
+            current = self._current.get(cls)
+            if current is None:
+                current = self._current[cls] = fingerprint(avro_schema_json(cls))
+            if fp == current:
+                reader = None  # written with the current schema: nothing to resolve
             what = f"schema fingerprint {fp.hex()}"
         else:
             schema_id, body = self._registry.split(data)
             writer = self._registry_writer(schema_id)
             what = f"schema id {schema_id}"
         try:
-            record = schemaless_reader(io.BytesIO(body), writer, avro_schema(cls))
+            record = schemaless_reader(io.BytesIO(body), writer, reader)
         except Exception as exc:
             raise DecodeError(f"cannot decode a {cls.__name__} with {what}: {exc}") from exc
         return from_avro(cast(dict[str, Any], record), cls)

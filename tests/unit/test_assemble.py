@@ -1499,3 +1499,40 @@ def test_document_codec_round_trips_and_tombstone_headers() -> None:
     assert (tomb.partition, tomb.offset) == (3, 44)
     as_dict = codec.decode_message("category", b"9", None, {"version": b"55"})
     assert (as_dict.doc, as_dict.version, as_dict.source_ts_ms) == (None, 55, 0)
+
+
+def test_a_document_of_an_older_schema_is_resolved_to_the_current_one() -> None:
+    """A value whose writer schema is not the current one (here: written before
+    ``weight`` existed) is read through Avro schema resolution; one of the current
+    schema is read as it is.  Both give the document."""
+    import io
+
+    from fastavro import parse_schema, schemaless_writer
+
+    from pipeline.assembler.documents import avro_schema_json, to_avro
+    from pipeline.codec.single_object import MAGIC
+
+    store = InMemorySchemaStore()
+    codec = DocumentCodec(store=store, topic_prefix="cdc")
+    product = ProductDocument.model_validate(
+        {
+            "id": 5, "store": {"id": 1, "code": "us"}, "reference": "R-5", "name": "Lamp",
+            "description": None, "url_key": "lamp-5", "price": "19.90", "list_price": None,
+            "active": True, "brand": None, "categories": [], "variants": [], "total_quantity": 0,
+            "images": [], "technical_data": [], "ean13": "", "weight": "1.25", "tags": [],
+            "updated_at": T0, "version": 77, "source_ts_ms": TS0,
+        }
+    )  # fmt: skip
+    current = codec.encode(product)
+    assert codec.decode(current, ProductDocument) == product
+
+    old_schema = dict(avro_schema_json(ProductDocument))
+    old_schema["fields"] = [f for f in old_schema["fields"] if f["name"] != "weight"]
+    fp = store.register(old_schema)
+    record = {k: v for k, v in to_avro(product).items() if k != "weight"}
+    out = io.BytesIO()
+    out.write(MAGIC + fp)
+    schemaless_writer(out, parse_schema(old_schema), record)
+    back = codec.decode(out.getvalue(), ProductDocument)
+    assert back.weight is None  # the reader's default
+    assert back == product.model_copy(update={"weight": None})
