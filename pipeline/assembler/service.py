@@ -68,6 +68,9 @@ from pipeline.kafka import (
 
 log = logging.getLogger(__name__)
 
+_MAX_EXTENSIONS = 100
+"""How often a catch-up moves its targets to the new ends of still-growing inputs."""
+
 __all__ = ["Assembler", "AssemblerError"]
 
 COMPACT = {"cleanup.policy": "compact"}
@@ -233,6 +236,7 @@ class Assembler:
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port)
         self._targets: dict[tuple[str, int], int] = {}
+        self._extensions = 0
         self.codec: EventCodec = make_codec(
             topic_prefix=self.prefix,
             schema_registry_url=self.registry_url,
@@ -377,7 +381,12 @@ class Assembler:
                 idle_since = time.monotonic()
             if self._quiet:
                 self._end_takeovers()
-            if self.catching_up and self.owned and self._reached_targets():
+            if (
+                self.catching_up
+                and self.owned
+                and self._reached_targets()
+                and self._inputs_settled()
+            ):
                 self._emit_all()
             elif (
                 not msgs
@@ -406,6 +415,44 @@ class Assembler:
 
     def _reached_targets(self) -> bool:
         return all(self._positions.get(tp, 0) >= end for tp, end in self._targets.items())
+
+    def _inputs_settled(self) -> bool:
+        """At the targets of a catch-up: did the inputs stop growing?
+
+        ``True`` when, all inputs together, at most ``catch_up_slack`` messages arrived
+        after the targets were taken (the rest is then read live).  Otherwise the new
+        ends become the targets and the catch-up reads on without emitting: while the
+        reader is still snapshotting, every product would else be emitted again for
+        each table that reaches it (product, then variants, images, ...), and every
+        consumer would get each product several times.  At most ``_MAX_EXTENSIONS``
+        times, so a catch-up ends under any load.
+        """
+        if self._extensions >= _MAX_EXTENSIONS:
+            return True
+        grown = 0
+        new: dict[tuple[str, int], int] = {}
+        for consumer, tps in (
+            (self.group, self._assigned),
+            (self.globals, self.globals.assignment()),
+        ):
+            for tp in tps:
+                key = (tp.topic, tp.partition)
+                low, high = consumer.get_watermark_offsets(tp, cached=False, timeout=10)
+                start = max(low, self._positions.get(key, 0))
+                grown += max(0, high - max(start, self._targets.get(key, 0)))
+                if high > start:
+                    new[key] = high
+        if grown <= self.settings.catch_up_slack:
+            return True
+        self._extensions += 1
+        self._targets.update(new)
+        log.info(
+            "event=catch_up_extended messages=%d extension=%d hint=%s",
+            grown,
+            self._extensions,
+            "the inputs are still growing fast (a snapshot?): reading on before emitting",
+        )
+        return False
 
     # -- taking partitions over ---------------------------------------------------------
 

@@ -41,6 +41,15 @@ class AssemblerSettings(BaseSettings):
             "idle consumer burns on brokers that answer empty fetches at once (noida-db)"
         ),
     )
+    catch_up_slack: int = Field(
+        default=1000,
+        ge=0,
+        description=(
+            "a catch-up (new or rebuilt state) emits once the inputs grew by at most this "
+            "many messages while it read to their previous ends; more (the reader still "
+            "snapshotting) and it reads on, quietly, to the new ends"
+        ),
+    )
     metrics_port: int | None = Field(
         default=None, description="serve Prometheus metrics on this port (unset = off)"
     )
