@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_chain ON outbox (subscriber, product_id, seq);
+-- Whether another subscriber still needs a record (_drop_record): without it every
+-- delivery scanned the whole outbox (52 ms each with 60k entries queued).
+CREATE INDEX IF NOT EXISTS outbox_record ON outbox (product_id, version);
 CREATE TABLE IF NOT EXISTS known (
     subscriber TEXT NOT NULL,
     product_id INTEGER NOT NULL,
@@ -209,7 +212,10 @@ class Outbox:
             rows = self._db.execute(
                 "SELECT o.seq, o.subscriber, o.product_id, o.version, o.event_id, o.event_type, "
                 "o.body, o.enqueued_at, o.attempts, o.next_attempt_at, o.last_error "
-                "FROM outbox o WHERE o.subscriber = ? AND o.next_attempt_at <= ? "
+                # `+o.subscriber`: walk the outbox in seq order (its primary key) and
+                # stop at `limit`, rather than sort every entry of the subscriber
+                # first (1 ms instead of 113 ms with 60k entries queued).
+                "FROM outbox o WHERE +o.subscriber = ? AND o.next_attempt_at <= ? "
                 "AND o.seq = (SELECT min(seq) FROM outbox "
                 "WHERE subscriber = o.subscriber AND product_id = o.product_id) "
                 "ORDER BY o.seq LIMIT ?",
