@@ -1,17 +1,17 @@
 # catalog-cdc — developer entry points.  Everything runs inside .venv/ in this checkout.
-#   make demo   start the local stack, load the demo catalog, show it live
+#   make demo   start the local stack, run the whole pipeline on a demo catalog, show it live
 #   make test   ruff + mypy (strict on pipeline/, consumers/) + the whole pytest suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_PRODUCTS ?= 2000
 
-.PHONY: help install system-deps demo demo-full test bench lint format typecheck pytest stack-up stack-down clean
+.PHONY: help install system-deps demo demo-quick test bench lint format typecheck pytest stack-up stack-down clean
 
 help:
-	@echo "make demo       start the stack, seed $(DEMO_PRODUCTS) products, stream live edits to Kafka, show them"
+	@echo "make demo       the whole pipeline on 10,000 products: live edits, dashboard, proof per sink"
+	@echo "make demo-quick reader, assembler and search only, on 2,000 products"
 	@echo "make test       lint, type-check and run the whole test suite"
 	@echo "make bench      run the benchmarks, rewrite bench/RESULTS.md (several minutes)"
 	@echo "make lint       ruff check + ruff format --check"
@@ -33,13 +33,14 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 
 install: $(STAMP)
 
+# Every service under `catalog-cdc run` (scripts/demo.toml), the live dashboard, then the
+# proof against the database for every sink (DEMO_PRODUCTS, default 10,000).
 demo: $(STAMP)
-	@DEMO_PRODUCTS=$(DEMO_PRODUCTS) bash scripts/demo.sh
+	@bash scripts/demo.sh
 
-# Every consumer under `catalog-cdc run` with the live dashboard and the proof (work in
-# progress: see the closing notes of 2026-12-02; 10,000 products by default).
-demo-full: $(STAMP)
-	@DEMO_PRODUCTS=$${DEMO_PRODUCTS:-10000} bash scripts/demo-full.sh
+# The reader, the assembler and the search consumer only (DEMO_PRODUCTS, default 2,000).
+demo-quick: $(STAMP)
+	@DEMO_PRODUCTS=$${DEMO_PRODUCTS:-2000} bash scripts/demo-quick.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

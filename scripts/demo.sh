@@ -5,7 +5,9 @@
 # against contract servers), live edits while `catalog-cdc dashboard` shows the pipeline,
 # then the proof: search results, edge KV entries, what every sink holds against the
 # database; a clean stop (SIGTERM) and a one-screen summary. Exit 0 when every sink is in
-# sync. Re-runnable: the catalog is re-seeded and the demo consumers start afresh.
+# sync. Re-runnable: each demo is a run of its own (database, replication slot, topic
+# prefix, consumer groups, index: `demoMMDDHHMMSS`), and what the previous one left is
+# dropped first (pipeline/dashboard/demo.py prepare).
 #   DEMO_PRODUCTS (10000)  DEMO_EDIT_RATE (40 edits/s)  DEMO_EDIT_SECONDS (20)
 #   DEMO_TIMEOUT (240: seconds the pipeline may take to catch up, per phase)
 set -euo pipefail
@@ -39,14 +41,16 @@ wait_pipeline() {
 step "starting the local stack"
 $CLI stack up >/dev/null
 $PY -m pipeline.dashboard.demo ports --config "$CONFIG"  # fails naming a port in use
+RUN=demo$(date -u +%m%d%H%M%S)
+step "demo run $RUN: its own database, replication slot, topics and index"
+mkdir -p "$DIR"
+eval "$($PY -m pipeline.dashboard.demo prepare --config "$CONFIG" --run "$RUN")"
 step "seeding $PRODUCTS products"
 t=$(now)
-$CLI demo seed --products "$PRODUCTS" --replace
+$CLI demo seed --products "$PRODUCTS"
 seed_s=$(since "$t")
 
 step "starting the pipeline: catalog-cdc run --config $CONFIG (log: $RUNLOG)"
-mkdir -p "$DIR"
-$PY -m pipeline.dashboard.demo reset --config "$CONFIG"  # demo groups and state files
 : > "$RUNLOG"
 : > "$SUMMARY"
 t=$(now)
@@ -137,8 +141,12 @@ for line in open(sys.argv[1]):
 EOF
 echo
 echo "The stack keeps running (data under .stack/): '.venv/bin/catalog-cdc stack down' stops it."
-echo "Run the pipeline yourself: '.venv/bin/catalog-cdc run --config $CONFIG', and in another"
-echo "terminal '.venv/bin/catalog-cdc dashboard --config $CONFIG' (docs/dashboard.md)."
+echo "This run's data stays until the next demo: database, slot and topic prefix $RUN. Run"
+echo "the pipeline on it yourself with these variables set:"
+echo "  export CATALOG_CDC_POSTGRES_DSN='$CATALOG_CDC_POSTGRES_DSN'"
+echo "  export CATALOG_CDC_TOPIC_PREFIX=$RUN CATALOG_CDC_READER_SLOT=$RUN"
+echo "  .venv/bin/catalog-cdc run --config $CONFIG    # and in another terminal:"
+echo "  .venv/bin/catalog-cdc dashboard --config $CONFIG    (docs/dashboard.md)"
 if (( sinks_ok != 0 || run_status != 0 )); then
     echo "demo: a sink is out of sync or the pipeline did not stop cleanly (log: $RUNLOG)" >&2
     exit 1

@@ -1,18 +1,17 @@
 """Helpers of ``make demo`` (scripts/demo.sh), each a step of its own::
 
     python -m pipeline.dashboard.demo ports --config scripts/demo.toml
-    python -m pipeline.dashboard.demo reset --config scripts/demo.toml
+    python -m pipeline.dashboard.demo prepare --config scripts/demo.toml --run demo1202101530
     python -m pipeline.dashboard.demo wait-reader --config scripts/demo.toml
     python -m pipeline.dashboard.demo wait-groups --config scripts/demo.toml
     python -m pipeline.dashboard.demo proof --config scripts/demo.toml [--summary FILE]
 
 ``ports``: every port the config names (contract servers, metrics) is free on
-loopback, else exit 1 naming the ones that are not.  ``reset``: the demo's consumers
-start afresh — their SQLite state files (``state``/``path`` options under ``.stack/``)
-are removed, the consumer groups their ``args`` name (``--group``) set to the current
-ends of their raw and document topics (:func:`topic_ends`: the re-seeded
-catalog comes after them), so they fill the empty contract servers with this demo's
-catalog only.
+loopback, else exit 1 naming the ones that are not.  ``prepare --run demoNNNN``: an
+isolated run — its own database (created empty), replication slot, topic prefix (so
+its own consumer groups and search index), the consumers' SQLite state files removed;
+what earlier demo runs left is dropped; prints the run's ``CATALOG_CDC_*`` variables as
+``export`` lines (``eval`` them).
 ``wait-reader``: until the reader has confirmed the server's current WAL position;
 prints the UTC time.  ``wait-groups``: then until the assembler's consumer group has
 committed the ends of the raw topics and each consumer's group the ends of the document
@@ -25,7 +24,10 @@ product the fields the sink sends; exit 1 when one is out of sync.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
+import shlex
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -78,21 +80,6 @@ def _ports(config_path: Path) -> int:
 # -- reset ----------------------------------------------------------------------------
 
 
-def demo_groups(config: RunConfig) -> list[str]:
-    """The consumer groups the config's consumers name with ``--group``."""
-    groups = []
-    for consumer in config.consumers.values():
-        if not consumer.enabled:
-            continue
-        args = consumer.args
-        for i, arg in enumerate(args):
-            if arg == "--group" and i + 1 < len(args):
-                groups.append(args[i + 1])
-            elif arg.startswith("--group="):
-                groups.append(arg.partition("=")[2])
-    return groups
-
-
 def consumer_topics(name: str, prefix: str) -> list[str]:
     """The topics consumer ``name`` reads: the document topics of its sink's ``kinds``,
     the raw topics of its ``raw_tables`` (what the runtime subscribes to)."""
@@ -120,97 +107,113 @@ def state_files(config: RunConfig, root: Path) -> list[Path]:
     return files
 
 
-def _reset(config_path: Path) -> int:
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+RUN_PATTERN = re.compile(r"^demo\d{10,14}$")
+"""A demo run's id: database, replication slot, topic prefix and index prefix at once."""
+
+
+def _prepare(config_path: Path, run: str) -> int:
+    """A fresh, isolated demo run ``run``: its own database (created empty), replication
+    slot, topic prefix, consumer groups and index prefix; what earlier demo runs left
+    (their databases, slots, topics, groups, indices) is removed, so nothing of them is
+    re-read and the stack does not grow from demo to demo.  Prints the environment of
+    the run as ``export`` lines for the shell."""
+    import psycopg
+    from psycopg import sql
 
     from pipeline.settings import load_connections
 
+    if not RUN_PATTERN.match(run):
+        raise CatalogCdcError(f"a demo run id is 'demo' and 10-14 digits, not {run!r}")
     config = load_config(config_path)
     root = Path(".stack")
     for path in state_files(config, root):
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        # The file, its -wal/-shm/-journal, and the files a sink keeps beside it
+        # (edge-kv's `.state`).
+        for stale in path.parent.glob(f"{path.name}*"):
+            stale.unlink(missing_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-    groups = demo_groups(config)
-    if not groups:
-        return 0
     conns = load_connections()
-    bootstrap = conns.require("kafka_bootstrap")
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    busy = set()
-    for group, future in admin.describe_consumer_groups(groups, request_timeout=15).items():
-        try:
-            described = future.result()
-        except KafkaException:
-            continue  # no such group yet
-        if described.members:
-            busy.add(group)
-    cut = topic_ends(bootstrap, conns.topic_prefix)
-    for name, consumer in config.consumers.items():
-        group = _group_of(consumer.args, "")
-        if not consumer.enabled or group not in groups:
-            continue
-        if group in busy:
-            # A group with members cannot be given offsets. No demo runs (the ports are
-            # free), so they are stale: some brokers (the local stack's) keep a closed
-            # consumer's membership until a new one joins. The group then resumes where
-            # the last demo left it — the ends of the topics after a completed demo.
-            print(
-                f"demo: consumer group {group} still lists a member of an earlier run; "
-                "it resumes from its committed offsets",
-                file=sys.stderr,
-            )
-            continue
-        topics = set(consumer_topics(name, conns.topic_prefix))
-        commit_offsets(bootstrap, group, [c for c in cut if c[0] in topics])
+    admin_dsn = conns.require("postgres_dsn")
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        slots = conn.execute(
+            "SELECT slot_name, active FROM pg_replication_slots WHERE slot_name ~ '^demo[0-9]+$'"
+        ).fetchall()
+        for slot, active in slots:
+            if active:
+                raise CatalogCdcError(
+                    f"the replication slot {slot} of an earlier demo is in use: is a demo "
+                    "still running? (stop it, or `catalog-cdc stack down`)"
+                )
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        dbs = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname ~ '^demo[0-9]+$'"
+        ).fetchall()
+        for (db,) in dbs:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(run)))
+    old = [db for (db,) in dbs] + [slot for slot, _ in slots]
+    _drop_kafka_runs(conns.require("kafka_bootstrap"), run)
+    if conns.elasticsearch_url:
+        _drop_index_runs(conns.elasticsearch_url, run)
+    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=run)
+    env = {
+        "CATALOG_CDC_POSTGRES_DSN": dsn,
+        "CATALOG_CDC_TOPIC_PREFIX": run,
+        "CATALOG_CDC_READER_SLOT": run,
+    }
+    for key, value in env.items():
+        print(f"export {key}={shlex.quote(value)}")
+    print(
+        f"demo: run {run} (earlier runs removed: {len(set(old))})",
+        file=sys.stderr,
+    )
     return 0
 
 
-def topic_ends(bootstrap: str, prefix: str) -> list[tuple[str, int, int]]:
-    """(topic, partition, high watermark) of every raw and document topic of ``prefix``.
+def _drop_kafka_runs(bootstrap: str, run: str) -> None:
+    """Delete the topics and consumer groups of other demo runs."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
 
-    Why the demo starts its consumers there rather than at the beginning: the demo
-    re-seeds the catalog (TRUNCATE, then every row again) while no reader runs, so
-    everything the sinks need comes after the current ends — tombstones for the old
-    catalog, every product and category again — while the topics' history (every demo
-    adds ~4 document versions per product; compaction is lazy) would have to be read
-    again by every consumer, more with every demo.
-    """
-    from confluent_kafka import Consumer, TopicPartition
+    admin = AdminClient({"bootstrap.servers": bootstrap})
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "catalog-cdc-demo-probe"})
+    def other(name: str) -> bool:
+        head = re.split(r"[.\-]", name, maxsplit=1)[0]
+        return bool(RUN_PATTERN.match(head)) and head != run
+
+    topics = [t for t in admin.list_topics(timeout=15).topics if other(t)]
+    if topics:
+        for future in admin.delete_topics(topics, operation_timeout=30).values():
+            with contextlib.suppress(KafkaException):
+                future.result()
+    groups = [g.group_id for g in admin.list_consumer_groups(request_timeout=15).result().valid]
+    stale = [g for g in groups if other(g)]
+    if stale:
+        for future in admin.delete_consumer_groups(stale, request_timeout=15).values():
+            with contextlib.suppress(KafkaException):
+                future.result()  # a group that still lists a member stays: harmless
+
+
+def _drop_index_runs(url: str, run: str) -> None:
+    """Delete the search indices and index templates of other demo runs."""
+    from elasticsearch import Elasticsearch, NotFoundError
+
+    es = Elasticsearch(url, request_timeout=60)
     try:
-        topics = consumer.list_topics(timeout=15).topics
-        ends = []
-        for name, meta in sorted(topics.items()):
-            if not name.startswith(f"{prefix}.") or f"{prefix}.dlq." in name:
-                continue
-            for p in meta.partitions:
-                _, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=15)
-                ends.append((name, p, high))
-        return ends
+        names = [n for n in es.indices.get(index="demo*", expand_wildcards="all")]
+        for name in names:
+            if not name.startswith(run + "-"):
+                with contextlib.suppress(NotFoundError):
+                    es.indices.delete(index=name)
+        templates = es.indices.get_index_template(name="demo*").get("index_templates", [])
+        for t in templates:
+            if not t["name"].startswith(run):
+                with contextlib.suppress(NotFoundError):
+                    es.indices.delete_index_template(name=t["name"])
+    except NotFoundError:
+        pass
     finally:
-        consumer.close()
-
-
-def commit_offsets(bootstrap: str, group: str, offsets: Sequence[tuple[str, int, int]]) -> None:
-    """Commit ``offsets`` as ``group``'s positions (the group has no members)."""
-    if not offsets:
-        return
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
-    )
-    try:
-        consumer.commit(
-            offsets=[TopicPartition(t, p, o) for t, p, o in offsets], asynchronous=False
-        )
-    except KafkaException as exc:
-        raise CatalogCdcError(f"cannot set the offsets of consumer group {group}: {exc}") from exc
-    finally:
-        consumer.close()
+        es.close()
 
 
 # -- wait-reader ----------------------------------------------------------------------
@@ -342,7 +345,36 @@ def _wait_groups(config_path: Path, timeout: float) -> int:
                 time.sleep(0.5)
     finally:
         probe.close()
+    # The webhooks consumer commits once an event is in its durable outbox; delivering
+    # it comes after: wait for its outbox to empty as well.
+    webhooks = config.consumers.get("webhooks")
+    state = None if webhooks is None or not webhooks.enabled else webhooks.options.get("state")
+    if isinstance(state, str):
+        while (pending := outbox_pending(Path(state))) > 0:
+            if time.monotonic() > deadline:
+                print(
+                    f"demo: webhooks still has {pending} events to deliver after {timeout:g}s",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.5)
     return 0
+
+
+def outbox_pending(path: Path) -> int:
+    """Events in the webhooks outbox ``path`` still to deliver (0 when there is none)."""
+    import sqlite3
+
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        row = db.execute("SELECT count(*) FROM outbox").fetchone()
+    except sqlite3.OperationalError:
+        return 0  # not created yet
+    finally:
+        db.close()
+    return int(row[0]) if row else 0
 
 
 # -- proof ----------------------------------------------------------------------------
@@ -564,17 +596,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline import logs
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.dashboard.demo")
-    parser.add_argument("step", choices=["ports", "reset", "wait-reader", "wait-groups", "proof"])
+    parser.add_argument("step", choices=["ports", "prepare", "wait-reader", "wait-groups", "proof"])
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--summary", type=Path, help="proof: append one JSON line per sink")
     parser.add_argument("--timeout", type=float, default=240, help="wait-reader: seconds")
+    parser.add_argument("--run", help="prepare: the run id (demo + 10-14 digits)")
     args = parser.parse_args(argv)
     logs.configure("warning", "kv")
     try:
         if args.step == "ports":
             return _ports(args.config)
-        if args.step == "reset":
-            return _reset(args.config)
+        if args.step == "prepare":
+            if not args.run:
+                parser.error("prepare needs --run")
+            return _prepare(args.config, args.run)
         if args.step == "wait-reader":
             return _wait_reader(args.config, args.timeout)
         if args.step == "wait-groups":

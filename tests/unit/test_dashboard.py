@@ -424,15 +424,12 @@ def test_bad_flags() -> None:
 # -- the demo's helpers -------------------------------------------------------------------
 
 
-def test_demo_config_ports_groups_and_state_files() -> None:
+def test_demo_config_ports_and_state_files() -> None:
     config = load_config(DEMO_CONFIG)
     ports = demo.used_ports(config)
     assert (18701, "contract server storefront-api-server") in ports
     assert (19187, "reader metrics") in ports
     assert len({p for p, _ in ports}) == len(ports) == 10
-    assert demo.demo_groups(config) == [
-        "demo-edge-kv", "demo-storefront-api", "demo-search-service", "demo-webhooks"
-    ]  # fmt: skip
     files = demo.state_files(config, Path(".stack"))
     assert {f.name for f in files} == {
         "edge-kv.sqlite", "storefront-api.sqlite", "search-service.sqlite", "webhooks.sqlite"
