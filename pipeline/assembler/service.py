@@ -465,7 +465,7 @@ class Assembler:
         document whose content has not changed is not emitted again.
         """
         started = time.monotonic()
-        raised = 0
+        raised = behind = 0
         for kind in ("product", "category"):
             same = self.doc_partitions[kind] == self.partitions
             found = latest_versions(self.bootstrap, self.prefix, kind, set(parts) if same else None)
@@ -478,10 +478,25 @@ class Assembler:
                         own_hash = None if known is None else known[1]
                         self.state.set_doc(kind, doc_id, version, digest or own_hash)
                         raised += 1
+                    elif version < known[0]:
+                        # The topic's last message is older than what the state says
+                        # was emitted and acknowledged: the broker lost it.  Take the
+                        # topic's content hash, so the document is compared with what
+                        # the consumers really got and emitted again.
+                        self.state.set_doc(kind, doc_id, known[0], digest)
+                        behind += 1
+        if behind:
+            log.warning(
+                "event=document_topic_behind documents=%d hint=%s",
+                behind,
+                "the document topic lacks documents this assembler emitted and Kafka "
+                "acknowledged (a broker that lost acknowledged writes?); they are emitted again",
+            )
         log.info(
-            "event=versions_read_back partitions=%s raised=%d seconds=%.1f",
+            "event=versions_read_back partitions=%s raised=%d behind=%d seconds=%.1f",
             sorted(parts),
             raised,
+            behind,
             time.monotonic() - started,
         )
         return raised
