@@ -93,6 +93,9 @@ class _DocTopicWatch:
             msgs = self.consumer.consume(1000, 0.05)
             if not msgs:
                 pause_while_idle([self.consumer], 0.15, self.stop.wait)
+            else:
+                with self.col.lock:
+                    self.col.last_ack = time.time()  # when a document last arrived
             for msg in msgs:
                 if msg.error():
                     continue
@@ -107,6 +110,91 @@ class _DocTopicWatch:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(10)
+
+
+@contextlib.contextmanager
+def _sink_for(
+    name: str, es_url: str, bootstrap: str, prefix: str, tmp: str
+) -> Iterator[tuple[Any, list[Any]]]:
+    """Consumer ``name``'s sink, built by the registry from its options as
+    ``catalog-cdc consume`` builds it, and the contract servers it writes to (started
+    here, in this process: the local stand-ins for the third-party APIs)."""
+    from consumers.registry import SinkContext, load
+    from pipeline.settings import ConnectionSettings
+
+    conns = ConnectionSettings(
+        kafka_bootstrap=bootstrap, elasticsearch_url=es_url, topic_prefix=prefix
+    )
+    servers: list[Any] = []
+    options: dict[str, str] = {}
+    if name == "edge-kv":
+        options = {"backend": "sqlite", "path": f"{tmp}/kv.sqlite"}
+    elif name == "storefront-api":
+        from tests.contracts.storefront_api import Server as Storefront
+
+        servers.append(Storefront(username="bench", password="bench", rate_limit=50).start())
+        options = {"url": servers[0].url, "username": "bench", "password": "bench",
+                   "images": "none", "batch": "50", "state": f"{tmp}/sf.sqlite"}  # fmt: skip
+    elif name == "search-service":
+        from tests.contracts.search_service import Server as SearchService
+
+        servers.append(SearchService(private_key="bench-key").start())
+        options = {"url": servers[0].url, "private_key": "bench-key",
+                   "state": f"{tmp}/ss.sqlite", "initial_import": "off"}  # fmt: skip
+    elif name == "webhooks":
+        from tests.contracts.webhooks import Server as Webhooks
+
+        secret = "whsec_bench-webhook-secret-0123456789abcdef"
+        servers.append(Webhooks(secret=secret).start())
+        config = Path(tmp) / "webhooks.toml"
+        config.write_text(
+            f'[[subscribers]]\nname = "bench"\nurl = "{servers[0].url}/webhooks/pixlpay"\n'
+            f'secret = "{secret}"\ntimeout = 10\n'
+        )
+        options = {"config": str(config), "state": f"{tmp}/wh.sqlite",
+                   "backoff_initial": "0.2s", "backoff_max": "5s"}  # fmt: skip
+    elif name != "search":
+        raise SystemExit(f"latency_bench: no setup for consumer {name!r}")
+    try:
+        yield load(name)(SinkContext(conns, options)), servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def sustained(
+    lat: list[float], achieved: float, rate: float, p99: float | None, drain: float
+) -> bool:
+    """A rate is sustained: the edits reach 90 % of it, p99 under 5 s, drained in 5 s."""
+    return bool(
+        lat
+        and achieved >= 0.9 * rate
+        and p99 is not None
+        and p99 <= SUSTAINED_P99_S
+        and drain <= SUSTAINED_DRAIN_S
+    )
+
+
+@contextlib.contextmanager
+def scratch_database(admin_dsn: str) -> Iterator[str]:
+    """A new database (its DSN) for one benchmark; dropped afterwards with the
+    replication slots on it."""
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    try:
+        yield _with_db(admin_dsn, db)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            time.sleep(1.0)
+            for (slot,) in conn.execute(
+                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (db,)
+            ).fetchall():
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+            )
 
 
 def _summary(lat: list[float]) -> dict[str, float | None]:
@@ -148,14 +236,16 @@ def _edits(dsn: str, rate: float, duration: float, seed: int) -> dict[str, Any]:
 def _phase(
     dsn: str,
     runtime: ConsumerRuntime,
-    sink: SearchSink,
+    sink: Any,
     col: _Collector,
     watch: _DocTopicWatch,
     pids: dict[str, int],
     rate: float,
     s: float,
 ) -> dict[str, Any]:
-    before = dict(sink.stats)
+    stats = getattr(sink, "stats", None)
+    search = isinstance(sink, SearchSink)
+    before = dict(stats) if search else {}
     cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
     t0 = time.monotonic()
     col.start()
@@ -176,9 +266,9 @@ def _phase(
         doc_lat = list(watch.col.latencies)
     wall = time.monotonic() - t0
     cpu = {name: (_cpu_s(pid) - cpu0[name]) / wall for name, pid in pids.items()}
-    after = dict(sink.stats)
+    after = dict(stats) if search and stats is not None else {}
     delta = {k: after[k] - before.get(k, 0) for k in after}
-    written = delta["indexed"] + delta["deleted"] + delta["noop"]
+    written = delta["indexed"] + delta["deleted"] + delta["noop"] if search else None
     achieved = edits["committed"] / max(edits["elapsed_s"], 1e-9)
     drain = max(0.0, last_ack - ended)
     result = {
@@ -197,42 +287,68 @@ def _phase(
         "cpu_cores": cpu,
         "sink": delta,
         "writes_sent": written,
-        "writes_saved": delta["skipped_unchanged"],
+        "writes_saved": delta["skipped_unchanged"] if search else None,
     }
-    result["sustained"] = bool(
-        lat
-        and achieved >= 0.9 * rate
-        and result["p99_s"] is not None
-        and result["p99_s"] <= SUSTAINED_P99_S
-        and drain <= SUSTAINED_DRAIN_S
-    )
+    result["sustained"] = sustained(lat, achieved, rate, result["p99_s"], drain)
     return result
 
 
 def run(
-    admin_dsn: str, bootstrap: str, es_url: str, products: int, rates: list[float], duration: float
+    admin_dsn: str,
+    bootstrap: str,
+    es_url: str,
+    products: int,
+    rates: list[float],
+    duration: float,
+    consumer: str = "search",
+    probe_s: float = 15.0,
 ) -> dict[str, Any]:
-    db = f"bench_{uuid.uuid4().hex[:8]}"
     prefix = f"lat{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
-    dsn = _with_db(admin_dsn, db)
     es = Elasticsearch(es_url, request_timeout=120)
     stop = threading.Event()
-    try:
-        with psycopg.connect(dsn) as conn:
-            load_schema(conn)
-        seed_catalog(dsn, products=products, seed=42)
-        env = {
-            **os.environ,
-            "CATALOG_CDC_POSTGRES_DSN": dsn,
-            "CATALOG_CDC_KAFKA_BOOTSTRAP": bootstrap,
-            "CATALOG_CDC_TOPIC_PREFIX": prefix,
-            "CATALOG_CDC_READER_SLOT": f"s_{prefix}",
-            "CATALOG_CDC_READER_PUBLICATION": f"p_{prefix}",
-        }
-        col = _Collector()
-        sink = SearchSink(Elasticsearch(es_url, request_timeout=120), prefix)
+    with scratch_database(admin_dsn) as dsn:
+        try:
+            return _run(dsn, bootstrap, es_url, prefix, products, rates, duration, consumer,
+                        probe_s, stop)  # fmt: skip
+        finally:
+            stop.set()
+            with contextlib.suppress(NotFoundError):
+                delete_index(es, prefix)
+            with contextlib.suppress(NotFoundError):
+                es.indices.delete_index_template(name=f"{prefix}-products")
+
+
+def _run(
+    dsn: str,
+    bootstrap: str,
+    es_url: str,
+    prefix: str,
+    products: int,
+    rates: list[float],
+    duration: float,
+    consumer: str,
+    probe_s: float,
+    stop: threading.Event,
+) -> dict[str, Any]:
+    with psycopg.connect(dsn) as conn:
+        load_schema(conn)
+    seed_catalog(dsn, products=products, seed=42)
+    env = {
+        **os.environ,
+        "CATALOG_CDC_POSTGRES_DSN": dsn,
+        "CATALOG_CDC_KAFKA_BOOTSTRAP": bootstrap,
+        "CATALOG_CDC_TOPIC_PREFIX": prefix,
+        "CATALOG_CDC_READER_SLOT": f"s_{prefix}",
+        "CATALOG_CDC_READER_PUBLICATION": f"p_{prefix}",
+    }
+    col = _Collector()
+    errors: list[BaseException] = []
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        _sink_for(consumer, es_url, bootstrap, prefix, tmp) as (sink, _servers),
+        _service(["reader"], env) as reader,
+        _service(["assembler", "--state", f"{tmp}/a.sqlite"], env) as assembler,
+    ):
         runtime = ConsumerRuntime(
             sink,
             bootstrap=bootstrap,
@@ -240,7 +356,6 @@ def run(
             settings=RuntimeSettings(poll_timeout=0.1),
             on_batch=col.on_batch,
         )
-        errors: list[BaseException] = []
 
         def consume() -> None:
             try:
@@ -248,78 +363,57 @@ def run(
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            _service(["reader"], env) as reader,
-            _service(["assembler", "--state", f"{tmp}/a.sqlite"], env) as assembler,
+        thread = threading.Thread(target=consume, daemon=True)
+        thread.start()
+        t0 = time.monotonic()
+        # The initial load is in once something was indexed, nothing more for 3 s
+        # and the consumer is at the end of the document topics.
+        while not (
+            col.last_ack > 0 and time.time() - col.last_ack > 3.0 and runtime.caught_up.is_set()
         ):
-            thread = threading.Thread(target=consume, daemon=True)
-            thread.start()
-            t0 = time.monotonic()
-            # The initial load is in once something was indexed, nothing more for 3 s
-            # and the consumer is at the end of the document topics.
-            while not (
-                sink.stats["indexed"] > 0
-                and time.time() - col.last_ack > 3.0
-                and runtime.caught_up.is_set()
-            ):
-                if errors:
-                    raise errors[0]
-                if time.monotonic() - t0 > 900:
-                    raise RuntimeError(f"initial load not indexed: {sink.stats}")
-                time.sleep(0.5)
-            print(f"initial load indexed in {time.monotonic() - t0:.0f} s", flush=True)
-            probes = []
-            best: float | None = None
-            watch = _DocTopicWatch(bootstrap, prefix)
-            pids = {
-                "reader": reader.pid,
-                "assembler": assembler.pid,
-                "search consumer + bench": os.getpid(),
-                **_stack_pids(),
-            }
-            for rate in rates:
-                r = _phase(dsn, runtime, sink, col, watch, pids, rate, 15.0)
-                probes.append(r)
-                print(_line("probe", r), flush=True)
-                if not r["sustained"]:
-                    break
-                best = rate
-            final = _phase(dsn, runtime, sink, col, watch, pids, best or rates[0], duration)
-            watch.close()
-            print(_line("final", final), flush=True)
-            rss = {
-                "reader": _vm_hwm_kb(reader.pid) / 1024,
-                "assembler": _vm_hwm_kb(assembler.pid) / 1024,
-                "search consumer (bench process)": _vm_hwm_kb(os.getpid()) / 1024,
-            }
-            stop.set()
-            thread.join(60)
-        if errors:
-            raise errors[0]
-        return {
-            "products": products,
-            "probes": probes,
-            "best_rate": best,
-            "final": final,
-            "peak_rss_mb": rss,
+            if errors:
+                raise errors[0]
+            if time.monotonic() - t0 > 900:
+                raise RuntimeError(f"initial load not confirmed by {consumer}")
+            time.sleep(0.5)
+        print(f"initial load confirmed by {consumer} in {time.monotonic() - t0:.0f} s",
+              flush=True)  # fmt: skip
+        probes = []
+        best: float | None = None
+        watch = _DocTopicWatch(bootstrap, prefix)
+        pids = {
+            "reader": reader.pid,
+            "assembler": assembler.pid,
+            f"{consumer} consumer + bench": os.getpid(),
+            **_stack_pids(),
         }
-    finally:
+        for rate in rates:
+            r = _phase(dsn, runtime, sink, col, watch, pids, rate, probe_s)
+            probes.append(r)
+            print(_line("probe", r), flush=True)
+            if not r["sustained"]:
+                break
+            best = rate
+        final = _phase(dsn, runtime, sink, col, watch, pids, best or rates[0], duration)
+        watch.close()
+        print(_line("final", final), flush=True)
+        rss = {
+            "reader": _vm_hwm_kb(reader.pid) / 1024,
+            "assembler": _vm_hwm_kb(assembler.pid) / 1024,
+            f"{consumer} consumer (bench process)": _vm_hwm_kb(os.getpid()) / 1024,
+        }
         stop.set()
-        with contextlib.suppress(NotFoundError):
-            delete_index(es, prefix)
-        with contextlib.suppress(NotFoundError):
-            es.indices.delete_index_template(name=f"{prefix}-products")
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            time.sleep(1.0)
-            for (slot,) in conn.execute(
-                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (db,)
-            ).fetchall():
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
-            )
+        thread.join(60)
+    if errors:
+        raise errors[0]
+    return {
+        "consumer": consumer,
+        "products": products,
+        "probes": probes,
+        "best_rate": best,
+        "final": final,
+        "peak_rss_mb": rss,
+    }
 
 
 def _stack_pids() -> dict[str, int]:
@@ -346,7 +440,12 @@ def _line(what: str, r: dict[str, Any]) -> str:
         f"p99 {r['p99_s']:.2f} s, max {r['max_s']:.2f} s, drain {r['drain_s']:.1f} s, "
         f"doc topic p50 {r['doc_topic']['p50_s'] or 0:.2f} s p99 {r['doc_topic']['p99_s'] or 0:.2f} s, "
         f"cpu {', '.join(f'{k} {v:.2f}' for k, v in r['cpu_cores'].items())}, "
-        f"writes sent {r['writes_sent']}, saved {r['writes_saved']} -> "
+        + (
+            f"writes sent {r['writes_sent']}, saved {r['writes_saved']} "
+            if r["writes_sent"] is not None
+            else ""
+        )
+        + "-> "
         f"{'sustained' if r['sustained'] else 'NOT sustained'}"
     )
 
@@ -356,6 +455,8 @@ def main() -> int:
     parser.add_argument("--products", type=int, default=2000)
     parser.add_argument("--rates", default="25,50,100,200,400", help="edits/s to probe, ascending")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of the final run")
+    parser.add_argument("--consumer", default="search", help="the sink to measure")
+    parser.add_argument("--probe", type=float, default=15.0, help="seconds per probed rate")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     conns = load_connections()
@@ -367,6 +468,8 @@ def main() -> int:
         args.products,
         [float(x) for x in args.rates.split(",")],
         args.duration,
+        args.consumer,
+        args.probe,
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -11,7 +11,9 @@ the stack's Elasticsearch-API server:
   swaps the alias, saves its resume positions after every batch.
 
 The ratio is replay documents/s / bare documents/s (goal >= 0.8).  Who goes first
-alternates between rounds.
+alternates between rounds, and the first one's index is deleted before the second
+starts: the local server slows down as it fills, which the second writer would
+otherwise pay for.
 
 Usage: python bench/replay_bench.py [--products N] [--rounds R] [--json FILE]
 """
@@ -104,6 +106,12 @@ def _replay(bootstrap: str, es_url: str, prefix: str) -> tuple[float, int]:
     return elapsed, result.records
 
 
+def _drop(es: Elasticsearch, prefix: str) -> None:
+    with contextlib.suppress(NotFoundError):
+        delete_index(es, prefix)
+    time.sleep(2.0)  # let the server settle before the next writer starts
+
+
 def one_round(
     bootstrap: str, es_url: str, docs: list[ProductDocument], replay_first: bool
 ) -> dict[str, Any]:
@@ -112,11 +120,16 @@ def one_round(
     bare_prefix = f"rbb{uuid.uuid4().hex[:6]}"
     try:
         _put_on_topic(bootstrap, prefix, docs)
+        # Each into a fresh index on a server that holds only what the other left
+        # deleted: the local server slows down as it fills (100k documents are
+        # several GB of its memory), so the second writer would pay for the first.
         if replay_first:
             replay_s, records = _replay(bootstrap, es_url, prefix)
+            _drop(es, prefix)
             bare_s = _bare(es, bare_prefix, docs)
         else:
             bare_s = _bare(es, bare_prefix, docs)
+            _drop(es, bare_prefix)
             replay_s, records = _replay(bootstrap, es_url, prefix)
         n = len(docs)
         assert records == n, (records, n)

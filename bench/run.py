@@ -62,11 +62,13 @@ def main() -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["reader", "assembler", "search", "latency", "replay"],
+        choices=["reader", "assembler", "search", "latency", "doc-latency", "sinks", "replay"],
         help="run only these benchmarks (repeatable); the others are rendered from bench/out/",
     )
     args = parser.parse_args()
-    only = set(args.only or ["reader", "assembler", "search", "latency", "replay"])
+    only = set(
+        args.only or ["reader", "assembler", "search", "latency", "doc-latency", "sinks", "replay"]
+    )
     rows, rounds, big = (50_000, 1, 200_000) if args.quick else (200_000, 5, 1_000_000)
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
@@ -75,6 +77,8 @@ def main() -> int:
     search_json = out_dir / "search.json"
     latency_json = out_dir / "latency.json"
     replay_json = out_dir / "replay.json"
+    doc_latency_json = out_dir / "doc_latency.json"
+    sink_names = ["edge-kv", "storefront-api", "search-service", "webhooks"]
     # The reader first: the other benchmarks leave the broker busy for a while.
     if not args.render_only and "reader" in only:
         subprocess.run(
@@ -103,6 +107,23 @@ def main() -> int:
              "--duration", str(duration), "--json", str(latency_json)],
             check=True,
         )  # fmt: skip
+    if not args.render_only and "doc-latency" in only:
+        rates, seconds = ("200,500", 10) if args.quick else ("500,2000,5000", 30)
+        subprocess.run(
+            [sys.executable, str(HERE / "doc_latency_bench.py"), "--rates", rates,
+             "--duration", str(seconds), "--json", str(doc_latency_json)],
+            check=True,
+        )  # fmt: skip
+    if not args.render_only and "sinks" in only:
+        # Search has its own section (latency.json); the other sinks, one run each.
+        rates, probe, seconds = ("25,50", 8, 10) if args.quick else ("25,50,100,200,400", 12, 30)
+        for name in sink_names:
+            subprocess.run(
+                [sys.executable, str(HERE / "latency_bench.py"), "--consumer", name,
+                 "--products", "1000", "--rates", rates, "--probe", str(probe),
+                 "--duration", str(seconds), "--json", str(out_dir / f"latency-{name}.json")],
+                check=True,
+            )  # fmt: skip
     if not args.render_only and "replay" in only:
         products, rrounds = (10_000, 1) if args.quick else (100_000, 3)
         subprocess.run(
@@ -110,6 +131,12 @@ def main() -> int:
              "--rounds", str(rrounds), "--json", str(replay_json)],
             check=True,
         )  # fmt: skip
+        if not args.quick:  # how the cost grows: a tenth of the documents
+            subprocess.run(
+                [sys.executable, str(HERE / "replay_bench.py"), "--products", "10000",
+                 "--rounds", "3", "--json", str(out_dir / "replay-10000.json")],
+                check=True,
+            )  # fmt: skip
     r = json.loads(reader_json.read_text())
     rows, rounds = r["rows"], len(r["rounds"])
     big_run = r.get("big_transaction") or {}
@@ -233,6 +260,7 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     import assembler_report
     import latency_report
+    import pipeline_report
     import replay_report
     import search_report
 
@@ -253,8 +281,24 @@ def main() -> int:
     if latency_json.exists():
         section = latency_report.render(json.loads(latency_json.read_text()))
         lines += section[:2] + measured(latency_json) + section[2:]
+    if doc_latency_json.exists():
+        section = pipeline_report.render_doc_latency(json.loads(doc_latency_json.read_text()))
+        lines += section[:2] + measured(doc_latency_json) + section[2:]
+    per_sink = {}
+    if latency_json.exists():
+        per_sink["search"] = json.loads(latency_json.read_text())
+    for name in sink_names:
+        path = out_dir / f"latency-{name}.json"
+        if path.exists():
+            per_sink[name] = json.loads(path.read_text())
+    if len(per_sink) > 1:
+        section = pipeline_report.render_sinks(per_sink)
+        newest = max((out_dir / f"latency-{n}.json" for n in sink_names if n in per_sink),
+                     key=lambda p: p.stat().st_mtime)  # fmt: skip
+        lines += section[:2] + measured(newest) + section[2:]
     if replay_json.exists():
-        section = replay_report.render(json.loads(replay_json.read_text()))
+        scale = [json.loads(p.read_text()) for p in sorted(out_dir.glob("replay-*.json"))]
+        section = replay_report.render(json.loads(replay_json.read_text()), scale)
         lines += section[:2] + measured(replay_json) + section[2:]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print((HERE / "RESULTS.md").read_text())
