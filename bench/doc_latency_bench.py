@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from confluent_kafka.admin import AdminClient
 from latency_bench import (
     _DocTopicWatch,
     _service,
@@ -121,13 +122,16 @@ def _phase(
     watch.col.start()
     edits = _edits(dsn, rate, seconds, connections)
     ended = time.time()
-    # Drained: no document for 3 s (at most 300 s).
+    # Drained: a document holds a change committed in the last 0.2 s of the edits (the
+    # edits touch every product, so the last ones reach some document), then nothing
+    # more for 2 s; at most 300 s.
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         time.sleep(0.5)
         with watch.col.lock:
-            last = max(watch.col.last_ack, ended)
-        if time.time() - last > 3.0:
+            reached = watch.newest_ts_ms >= (ended - 0.2) * 1000
+            last = watch.col.last_ack
+        if reached and time.time() - last > 2.0:
             break
     with watch.col.lock:
         lat, last_doc = list(watch.col.latencies), watch.col.last_ack
@@ -177,8 +181,16 @@ def run(
             _service(["reader"], env) as reader,
             _service(["assembler", "--state", f"{tmp}/a.sqlite"], env) as assembler,
         ):
-            watch = _DocTopicWatch(bootstrap, prefix)
             t0 = time.monotonic()
+            admin = AdminClient({"bootstrap.servers": bootstrap})
+            topic = f"{prefix}.doc.products"
+            # Subscribe once the assembler made the topic (a subscription to a missing
+            # topic sees it only at the next metadata refresh, minutes later).
+            while topic not in admin.list_topics(timeout=10).topics:
+                if time.monotonic() - t0 > 300:
+                    raise RuntimeError(f"the assembler did not create {topic}")
+                time.sleep(0.5)
+            watch = _DocTopicWatch(bootstrap, prefix)
             # The initial load is in once documents came and then none for 5 s.
             while not (watch.col.last_ack and time.time() - watch.col.last_ack > 5.0):
                 if reader.poll() is not None or assembler.poll() is not None:

@@ -84,6 +84,8 @@ class _DocTopicWatch:
         self.consumer = Consumer(consumer_config(bootstrap, f"bench-lat-{uuid.uuid4().hex[:6]}"))
         self.consumer.subscribe([f"{prefix}.doc.products"])
         self.col = _Collector()
+        self.newest_ts_ms = 0
+        """The newest commit time seen in a document (under ``col.lock``)."""
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -93,18 +95,18 @@ class _DocTopicWatch:
             msgs = self.consumer.consume(1000, 0.05)
             if not msgs:
                 pause_while_idle([self.consumer], 0.15, self.stop.wait)
-            else:
-                with self.col.lock:
-                    self.col.last_ack = time.time()  # when a document last arrived
             for msg in msgs:
                 if msg.error():
                     continue
+                with self.col.lock:
+                    self.col.last_ack = time.time()  # when a document last arrived
                 headers = dict(msg.headers() or [])
                 ts_ms = int(headers.get("source_ts_ms", b"0"))
                 kind, created = msg.timestamp()
                 if ts_ms >= self.col.since_ms and kind != TIMESTAMP_NOT_AVAILABLE:
                     with self.col.lock:
                         self.col.latencies.append(created / 1000 - ts_ms / 1000)
+                        self.newest_ts_ms = max(self.newest_ts_ms, ts_ms)
         self.consumer.close()
 
     def close(self) -> None:
@@ -121,6 +123,10 @@ def _sink_for(
     here, in this process: the local stand-ins for the third-party APIs)."""
     from consumers.registry import SinkContext, load
     from pipeline.settings import ConnectionSettings
+
+    root = str(Path(__file__).resolve().parent.parent)  # tests.contracts: the servers
+    if root not in sys.path:
+        sys.path.insert(0, root)
 
     conns = ConnectionSettings(
         kafka_bootstrap=bootstrap, elasticsearch_url=es_url, topic_prefix=prefix

@@ -11,9 +11,10 @@ the stack's Elasticsearch-API server:
   swaps the alias, saves its resume positions after every batch.
 
 The ratio is replay documents/s / bare documents/s (goal >= 0.8).  Who goes first
-alternates between rounds, and the first one's index is deleted before the second
-starts: the local server slows down as it fills, which the second writer would
-otherwise pay for.
+alternates between rounds; the first one's index is deleted before the second
+starts, and each starts on an idle server (its CPU under 0.15 cores for 2 s): the
+local server slows down as it fills and works on after a big write, which the next
+writer would otherwise pay for.
 
 Usage: python bench/replay_bench.py [--products N] [--rounds R] [--json FILE]
 """
@@ -109,7 +110,28 @@ def _replay(bootstrap: str, es_url: str, prefix: str) -> tuple[float, int]:
 def _drop(es: Elasticsearch, prefix: str) -> None:
     with contextlib.suppress(NotFoundError):
         delete_index(es, prefix)
-    time.sleep(2.0)  # let the server settle before the next writer starts
+    _settle()
+
+
+def _settle(limit: float = 180.0) -> float:
+    """Until the local server is idle again (under 0.15 cores for 2 s; at most
+    ``limit`` s): after 100k documents were put on a topic, or an index deleted, it
+    works on for a while, and whoever wrote next paid for it (measured: the first
+    writer of a round 2x slower than the second, whichever it was)."""
+    from latency_bench import _stack_pids
+    from reader_bench import _cpu_s
+
+    pid = _stack_pids().get("noida-db")
+    started = time.monotonic()
+    if pid is None:
+        time.sleep(2.0)
+        return 0.0
+    while time.monotonic() - started < limit:
+        before = _cpu_s(pid)
+        time.sleep(2.0)
+        if (_cpu_s(pid) - before) / 2.0 < 0.15:
+            break
+    return time.monotonic() - started
 
 
 def one_round(
@@ -120,6 +142,7 @@ def one_round(
     bare_prefix = f"rbb{uuid.uuid4().hex[:6]}"
     try:
         _put_on_topic(bootstrap, prefix, docs)
+        _settle()
         # Each into a fresh index on a server that holds only what the other left
         # deleted: the local server slows down as it fills (100k documents are
         # several GB of its memory), so the second writer would pay for the first.

@@ -116,7 +116,7 @@ def main() -> int:
         )  # fmt: skip
     if not args.render_only and "sinks" in only:
         # Search has its own section (latency.json); the other sinks, one run each.
-        rates, probe, seconds = ("25,50", 8, 10) if args.quick else ("25,50,100,200,400", 12, 30)
+        rates, probe, seconds = ("25,50", 8, 10) if args.quick else ("25,50,100,200", 10, 20)
         for name in sink_names:
             subprocess.run(
                 [sys.executable, str(HERE / "latency_bench.py"), "--consumer", name,
@@ -125,7 +125,7 @@ def main() -> int:
                 check=True,
             )  # fmt: skip
     if not args.render_only and "replay" in only:
-        products, rrounds = (10_000, 1) if args.quick else (100_000, 3)
+        products, rrounds = (10_000, 1) if args.quick else (100_000, 2)
         subprocess.run(
             [sys.executable, str(HERE / "replay_bench.py"), "--products", str(products),
              "--rounds", str(rrounds), "--json", str(replay_json)],
@@ -134,7 +134,7 @@ def main() -> int:
         if not args.quick:  # how the cost grows: a tenth of the documents
             subprocess.run(
                 [sys.executable, str(HERE / "replay_bench.py"), "--products", "10000",
-                 "--rounds", "3", "--json", str(out_dir / "replay-10000.json")],
+                 "--rounds", "2", "--json", str(out_dir / "replay-10000.json")],
                 check=True,
             )  # fmt: skip
     r = json.loads(reader_json.read_text())
