@@ -79,8 +79,8 @@ def _scale_lines(data: dict[str, Any], scale: list[dict[str, Any]]) -> list[str]
     out += [
         "",
         "1,000,000 products were not run here: the local Elasticsearch-API server holds an",
-        "index in memory (9.4 GB resident after the 100,000-document rounds), so a million",
-        "documents do not fit this 24 GB machine; on Elasticsearch the replay's own cost per",
+        "index in memory (9 to 16 GB resident during these 100,000-document rounds), so a",
+        "million documents do not fit this 24 GB machine; on Elasticsearch the replay's own cost per",
         "document is flat (one pass over the topic, constant memory: it keeps one batch and",
         "its resume positions).",
         "",
