@@ -5,10 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-
-def _stat(rounds: list[dict[str, Any]], key: str) -> tuple[float, float, float]:
-    values = [r[key] for r in rounds]
-    return statistics.median(values), min(values), max(values)
+import report_table
 
 
 def render(data: dict[str, Any]) -> list[str]:
@@ -16,9 +13,9 @@ def render(data: dict[str, Any]) -> list[str]:
     products = rounds[0]["products"]
 
     def row(label: str, key: str, fmt: str) -> str:
-        return f"| {label} | " + " | ".join(format(v, fmt) for v in _stat(rounds, key)) + " |"
+        return report_table.row(rounds, label, key, fmt)
 
-    ratio = _stat(rounds, "ratio")
+    ratio = report_table.stat(rounds, "ratio")
     cpu_us = statistics.median(r["assembler_cpu_s"] / r["products"] * 1e3 for r in rounds)
     return [
         "## Assembler: raw change topics -> product documents",

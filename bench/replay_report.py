@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+import report_table
+
 
 def render(data: dict[str, Any], scale: list[dict[str, Any]] | None = None) -> list[str]:
     """``data``: the main run (replay.json); ``scale``: runs at other sizes, for how the
@@ -12,14 +14,10 @@ def render(data: dict[str, Any], scale: list[dict[str, Any]] | None = None) -> l
     rounds = data["rounds"]
 
     def stat(key: str) -> tuple[float, float, float]:
-        values = [r[key] for r in rounds]
-        return statistics.median(values), min(values), max(values)
+        return report_table.stat(rounds, key)
 
     def row(label: str, key: str, fmt: str, bold: bool = False) -> str:
-        values = [format(v, fmt) for v in stat(key)]
-        if bold:
-            values[0] = f"**{values[0]}**"
-        return f"| {label} | " + " | ".join(values) + " |"
+        return report_table.row(rounds, label, key, fmt, bold)
 
     n = rounds[0]["documents"]
     ratio = stat("ratio")[0]

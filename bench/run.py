@@ -53,6 +53,11 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def _bench(script: str, *args: object) -> None:
+    """Run one benchmark script of this folder with ``args``; fail if it fails."""
+    subprocess.run([sys.executable, str(HERE / script), *map(str, args)], check=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rows and rounds (smoke run)")
@@ -81,62 +86,97 @@ def main() -> int:
     sink_names = ["edge-kv", "storefront-api", "search-service", "webhooks"]
     # The reader first: the other benchmarks leave the broker busy for a while.
     if not args.render_only and "reader" in only:
-        subprocess.run(
-            [sys.executable, str(HERE / "reader_bench.py"), "--rows", str(rows), "--rounds", str(rounds),
-             "--big-rows", str(big), "--json", str(reader_json)],
-            check=True,
-        )  # fmt: skip
+        _bench(
+            "reader_bench.py",
+            "--rows",
+            rows,
+            "--rounds",
+            rounds,
+            "--big-rows",
+            big,
+            "--json",
+            reader_json,
+        )
     if not args.render_only and "assembler" in only:
         products, arounds = (2_000, 1) if args.quick else (10_000, 3)
-        subprocess.run(
-            [sys.executable, str(HERE / "assembler_bench.py"), "--products", str(products),
-             "--rounds", str(arounds), "--json", str(assembler_json)],
-            check=True,
-        )  # fmt: skip
+        _bench(
+            "assembler_bench.py",
+            "--products",
+            products,
+            "--rounds",
+            arounds,
+            "--json",
+            assembler_json,
+        )
     if not args.render_only and "search" in only:
         docs, overwrites, srounds = (1_000, 200, 1) if args.quick else (5_000, 3_000, 5)
-        subprocess.run(
-            [sys.executable, str(HERE / "search_bench.py"), "--products", str(docs),
-             "--overwrites", str(overwrites), "--rounds", str(srounds), "--json", str(search_json)],
-            check=True,
-        )  # fmt: skip
+        _bench(
+            "search_bench.py",
+            "--products",
+            docs,
+            "--overwrites",
+            overwrites,
+            "--rounds",
+            srounds,
+            "--json",
+            search_json,
+        )
     if not args.render_only and "latency" in only:
         products, duration = (1_000, 20) if args.quick else (2_000, 60)
-        subprocess.run(
-            [sys.executable, str(HERE / "latency_bench.py"), "--products", str(products),
-             "--duration", str(duration), "--json", str(latency_json)],
-            check=True,
-        )  # fmt: skip
+        _bench(
+            "latency_bench.py",
+            "--products",
+            products,
+            "--duration",
+            duration,
+            "--json",
+            latency_json,
+        )
     if not args.render_only and "doc-latency" in only:
         rates, seconds = ("200,500", 10) if args.quick else ("500,2000,5000", 30)
-        subprocess.run(
-            [sys.executable, str(HERE / "doc_latency_bench.py"), "--rates", rates,
-             "--duration", str(seconds), "--json", str(doc_latency_json)],
-            check=True,
-        )  # fmt: skip
+        _bench(
+            "doc_latency_bench.py",
+            "--rates",
+            rates,
+            "--duration",
+            seconds,
+            "--json",
+            doc_latency_json,
+        )
     if not args.render_only and "sinks" in only:
         # Search has its own section (latency.json); the other sinks, one run each.
         rates, probe, seconds = ("25,50", 8, 10) if args.quick else ("25,50,100,200", 10, 20)
         for name in sink_names:
-            subprocess.run(
-                [sys.executable, str(HERE / "latency_bench.py"), "--consumer", name,
-                 "--products", "1000", "--rates", rates, "--probe", str(probe),
-                 "--duration", str(seconds), "--json", str(out_dir / f"latency-{name}.json")],
-                check=True,
-            )  # fmt: skip
+            _bench(
+                "latency_bench.py",
+                "--consumer",
+                name,
+                "--products",
+                "1000",
+                "--rates",
+                rates,
+                "--probe",
+                probe,
+                "--duration",
+                seconds,
+                "--json",
+                out_dir / f"latency-{name}.json",
+            )
     if not args.render_only and "replay" in only:
         products, rrounds = (10_000, 1) if args.quick else (100_000, 2)
-        subprocess.run(
-            [sys.executable, str(HERE / "replay_bench.py"), "--products", str(products),
-             "--rounds", str(rrounds), "--json", str(replay_json)],
-            check=True,
-        )  # fmt: skip
+        _bench(
+            "replay_bench.py", "--products", products, "--rounds", rrounds, "--json", replay_json
+        )
         if not args.quick:  # how the cost grows: a tenth of the documents
-            subprocess.run(
-                [sys.executable, str(HERE / "replay_bench.py"), "--products", "10000",
-                 "--rounds", "2", "--json", str(out_dir / "replay-10000.json")],
-                check=True,
-            )  # fmt: skip
+            _bench(
+                "replay_bench.py",
+                "--products",
+                "10000",
+                "--rounds",
+                "2",
+                "--json",
+                out_dir / "replay-10000.json",
+            )
     r = json.loads(reader_json.read_text())
     rows, rounds = r["rows"], len(r["rounds"])
     big_run = r.get("big_transaction") or {}

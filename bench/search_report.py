@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
+
+import report_table
 
 
 def render(data: dict[str, Any]) -> list[str]:
     rounds = data["rounds"]
 
     def stat(key: str) -> tuple[float, float, float]:
-        values = [r[key] for r in rounds]
-        return statistics.median(values), min(values), max(values)
+        return report_table.stat(rounds, key)
 
     def row(label: str, key: str, fmt: str, bold: bool = False) -> str:
-        values = [format(v, fmt) for v in stat(key)]
-        if bold:
-            values[0] = f"**{values[0]}**"
-        return f"| {label} | " + " | ".join(values) + " |"
+        return report_table.row(rounds, label, key, fmt, bold)
 
     n, m = rounds[0]["new_documents"], rounds[0]["overwrites"]
     verdict = "meet" if min(stat("new_ratio")[0], stat("overwrite_ratio")[0]) >= 0.8 else "miss"
