@@ -118,20 +118,29 @@ def _prepare(config_path: Path, run: str) -> int:
     re-read and the stack does not grow from demo to demo.  Prints the environment of
     the run as ``export`` lines for the shell."""
     import psycopg
+    from confluent_kafka import KafkaException
+    from elastic_transport import TransportError
+    from elasticsearch import ApiError
+
+    if not RUN_PATTERN.match(run):
+        raise CatalogCdcError(f"a demo run id is 'demo' and 10-14 digits, not {run!r}")
+    try:
+        return _prepare_run(config_path, run)
+    except psycopg.Error as exc:
+        raise CatalogCdcError(f"preparing demo run {run}: PostgreSQL: {exc}") from exc
+    except KafkaException as exc:
+        raise CatalogCdcError(f"preparing demo run {run}: Kafka: {exc}") from exc
+    except (ApiError, TransportError) as exc:
+        raise CatalogCdcError(f"preparing demo run {run}: Elasticsearch: {exc}") from exc
+
+
+def _prepare_run(config_path: Path, run: str) -> int:
+    import psycopg
     from psycopg import sql
 
     from pipeline.settings import load_connections
 
-    if not RUN_PATTERN.match(run):
-        raise CatalogCdcError(f"a demo run id is 'demo' and 10-14 digits, not {run!r}")
     config = load_config(config_path)
-    root = Path(".stack")
-    for path in state_files(config, root):
-        # The file, its -wal/-shm/-journal, and the files a sink keeps beside it
-        # (edge-kv's `.state`).
-        for stale in path.parent.glob(f"{path.name}*"):
-            stale.unlink(missing_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
     conns = load_connections()
     admin_dsn = conns.require("postgres_dsn")
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -152,6 +161,12 @@ def _prepare(config_path: Path, run: str) -> int:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(run)))
     old = [db for (db,) in dbs] + [slot for slot, _ in slots]
+    for path in state_files(config, Path(".stack")):
+        # The file, its -wal/-shm/-journal, and the files a sink keeps beside it
+        # (edge-kv's `.state`).
+        for stale in path.parent.glob(f"{path.name}*"):
+            stale.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     _drop_kafka_runs(conns.require("kafka_bootstrap"), run)
     if conns.elasticsearch_url:
         _drop_index_runs(conns.elasticsearch_url, run)

@@ -514,3 +514,16 @@ def test_webhooks_proof() -> None:
     assert proof.lines[0].startswith("events received: 5 for 3 distinct products")
     state["products"]["2"] = {"event_type": "product.deleted"}
     assert not demo.prove_webhooks(state, _DB).in_sync
+
+
+def test_demo_prepare_names_the_service_that_is_down(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CATALOG_CDC_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:1/catalog")
+    monkeypatch.setenv("CATALOG_CDC_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    code = demo.main(["prepare", "--config", str(DEMO_CONFIG), "--run", "demo1202999999"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "preparing demo run demo1202999999: PostgreSQL: connection failed" in err
+    assert demo.main(["prepare", "--config", str(DEMO_CONFIG), "--run", "bogus"]) == 1
+    assert "a demo run id is 'demo' and 10-14 digits, not 'bogus'" in capsys.readouterr().err
