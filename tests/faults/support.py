@@ -504,7 +504,7 @@ def _where_it_stopped(targets: Targets, diffs: list[str]) -> str:
                     values = {k: brief(v) for k, v in row.items() if k in shown or
                               table == "product_variants"}  # fmt: skip
                     out.append(f"raw {table} product {pid}: offset={off} op={e.op} "
-                               f"lsn={e.source.lsn} tx={e.source.txId} row={values}")  # fmt: skip
+                               f"lsn={e.source.lsn} tx={e.source.tx_id} row={values}")  # fmt: skip
         for pid in ids:
             m = docs.get(pid)
             values = {} if m is None or m.doc is None else {

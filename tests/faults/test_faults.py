@@ -136,6 +136,10 @@ def scenario(private_stack: PrivateStack, tmp_path: Path) -> Iterator[Scenario]:
         finally:
             statuses = pipeline.stop()
             print(json.dumps({"services": pipeline.summary(), "stopped": statuses}))
+            # Shown by pytest only when the test failed: what each service said last.
+            for service in pipeline.services.values():
+                tail = service.log_text().splitlines()[-25:]
+                print(f"----- {service.name}: last {len(tail)} log lines -----", *tail, sep="\n")
 
 
 def _check_receiver(receiver: Server) -> dict[str, int]:
