@@ -67,6 +67,9 @@ from pipeline.settings import metrics_address
 
 log = logging.getLogger(__name__)
 
+MAX_FAILED_COMMITS = 20
+"""Commits in a row the group may refuse before the consumer stops (to be restarted)."""
+
 __all__ = [
     "ConsumerRuntime",
     "RawRecord",
@@ -251,6 +254,7 @@ class ConsumerRuntime:
         self.registry_url = schema_registry_url
         self.metrics = RuntimeMetrics()
         self.stats = {"batches": 0, "records": 0, "retries": 0, "dead_letters": 0}
+        self._failed_commits = 0
         self.caught_up = threading.Event()
         self._sleep = sleep
         self._on_batch = on_batch
@@ -409,7 +413,7 @@ class ConsumerRuntime:
         self._flush_producer()
         commits = [TopicPartition(t, p, n) for (t, p), n in positions.items()]
         if commits:
-            self.consumer.commit(offsets=commits, asynchronous=False)
+            self._commit(commits)
         m, name = self.metrics, self.sink.name
         deletes = sum(1 for r in by_key.values() if r.doc is None)
         m.records.labels(name, "document").inc(len(by_key) - deletes)
@@ -536,6 +540,41 @@ class ConsumerRuntime:
             raise SinkError(
                 f"Kafka refused dead letters ({self._delivery_errors[0]}); "
                 "the batch is not committed"
+            )
+
+    def _commit(self, offsets: list[TopicPartition]) -> None:
+        """Commit what was flushed.  A commit the group refuses (a rebalance under way, a
+        session that expired while the broker stalled) is a warning, not a crash: the
+        batch is in the sink, and whoever gets the partitions next starts from the last
+        committed offset, writing it again (harmless: writes are versioned).  A fatal
+        error stops the consumer."""
+        try:
+            results = self.consumer.commit(offsets=offsets, asynchronous=False) or []
+        except KafkaException as exc:
+            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].fatal():
+                raise SinkError(f"committing offsets: {exc.args[0]}") from exc
+            log.warning("event=commit_failed consumer=%s error=%s redelivery=expected",
+                        self.sink.name, exc)  # fmt: skip
+            self._commit_failed()
+            return
+        # The request can succeed while single partitions fail (their error is set).
+        failed = [tp for tp in results if tp.error is not None]
+        if failed:
+            log.warning("event=commit_failed consumer=%s partitions=%s error=%s "
+                        "redelivery=expected", self.sink.name,
+                        ",".join(f"{tp.topic}[{tp.partition}]" for tp in failed),
+                        failed[0].error)  # fmt: skip
+            self._commit_failed()
+        else:
+            self._failed_commits = 0
+
+    def _commit_failed(self) -> None:
+        self.stats["commit_failures"] = self.stats.get("commit_failures", 0) + 1
+        self._failed_commits += 1
+        if self._failed_commits >= MAX_FAILED_COMMITS:
+            raise SinkError(
+                f"{self._failed_commits} commits in a row refused by the group; stopping so "
+                "that a restart joins it afresh"
             )
 
     def _at_end(self) -> bool:

@@ -255,3 +255,28 @@ def test_consume_command_catches_up_and_exits(
         5,
     ]
     assert "event=caught_up consumer=jsonl" in done.stderr
+
+
+def test_a_refused_commit_is_a_warning_until_it_keeps_happening(
+    kafka_bootstrap: str, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker refuses a commit (here: an unknown topic, as real a refusal as a
+    rebalance's): the batch is in the sink already, so the consumer warns and goes on
+    (the next owner of the partition writes it again); only many refusals in a row stop
+    it, so that a restart joins the group afresh."""
+    from consumers import runtime as rt
+
+    runtime = ConsumerRuntime(MemorySink(), bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
+    runtime.consumer = Consumer(consumer_config(kafka_bootstrap, f"{topic_prefix}-commits"))
+    try:
+        gone = [TopicPartition(f"{topic_prefix}.no-such-topic", 0, 5)]
+        with caplog.at_level("WARNING", logger="consumers.runtime"):
+            runtime._commit(gone)
+        assert runtime.stats["commit_failures"] == 1
+        assert "event=commit_failed consumer=memory" in caplog.text
+        for _ in range(rt.MAX_FAILED_COMMITS - 2):
+            runtime._commit(gone)
+        with pytest.raises(rt.SinkError, match="commits in a row refused"):
+            runtime._commit(gone)
+    finally:
+        runtime.consumer.close()
