@@ -29,6 +29,11 @@ the children in its own order.
   stage-by-stage stop would only let one slow service (a consumer retrying against
   a target that is down) use up the grace period of the others.
 
+- **Memory**: every second, each running child's peak resident memory (``VmHWM``
+  from ``/proc``; Linux only) is read and the highest value per service kept, across
+  its restarts. The status lines show it, and the stop ends with
+  ``event=peak_rss services={"reader":71.2,...}`` (MB).
+
 Exit status: 0 after a clean stop (every child ended within the grace period, with
 status 0 or by our signal), 1 otherwise.
 """
@@ -52,13 +57,33 @@ from typing import IO, Any, Literal
 
 from pipeline.supervisor.config import RestartConfig, ServiceSpec, SupervisorConfig
 
-__all__ = ["LogMux", "Supervisor", "backoff_delay", "child_command", "describe_status"]
+__all__ = [
+    "LogMux",
+    "Supervisor",
+    "backoff_delay",
+    "child_command",
+    "describe_status",
+    "peak_rss_kb",
+]
 
 log = logging.getLogger(__name__)
 
 State = Literal["starting", "up", "restarting", "exited", "failed", "stopping", "stopped"]
 
 _COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95", "94", "91")
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    """The process's peak resident set size (``VmHWM``), KB; None when unknown (gone, a
+    zombie, not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def child_command() -> list[str]:
@@ -128,6 +153,7 @@ class _Child:
     failures: int = 0  # consecutive quick failures
     next_start: float | None = None
     last_status: int | None = None
+    peak_rss_kb: int = 0  # the highest VmHWM seen, over every run of the service
     pumps: list[threading.Thread] = field(default_factory=list)
 
     @property
@@ -250,10 +276,25 @@ class Supervisor:
         thread.start()
         return thread
 
+    def _sample_memory(self) -> None:
+        for c in self.children:
+            if c.proc is not None and c.proc.returncode is None:
+                kb = peak_rss_kb(c.proc.pid)
+                if kb is not None:
+                    c.peak_rss_kb = max(c.peak_rss_kb, kb)
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Peak resident memory per service (MB) as sampled so far; 0: not known."""
+        return {c.spec.name: round(c.peak_rss_kb / 1024, 1) for c in self.children}
+
     def _supervise(self) -> None:
         next_status = time.monotonic() + (self.settings.status_interval or float("inf"))
+        next_sample = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
+            if now >= next_sample:
+                self._sample_memory()
+                next_sample = now + 1.0
             for child in self.children:
                 if child.proc is not None and child.state == "up":
                     code = child.proc.poll()
@@ -323,6 +364,7 @@ class Supervisor:
             if c.state == "up":
                 parts.append(
                     f"{c.spec.name} up {_duration(now - c.started_at)} restarts={c.restarts}"
+                    f" peak_rss={c.peak_rss_kb / 1024:.0f}MB"
                 )
             else:
                 parts.append(f"{c.spec.name} {c.state} restarts={c.restarts}")
@@ -338,6 +380,7 @@ class Supervisor:
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + self.settings.grace_period
+        self._sample_memory()
         failed = [c.spec.name for c in self.children if c.state == "failed"]
         clean = not failed
         if self._stop.is_set():
@@ -371,6 +414,9 @@ class Supervisor:
         for c in self.children:
             self._join_pumps(c, 2.0)
         clean = clean and not left
+        log.info(
+            "event=peak_rss services=%s", json.dumps(self.peak_rss_mb(), separators=(",", ":"))
+        )
         log.info("event=supervisor_stopped clean=%s", str(clean).lower())
         return 0 if clean else 1
 

@@ -156,6 +156,12 @@ enabled = false
         stopped = {e["name"]: e["status"] for e in _events(log_path, "service_stopped")}
         assert stopped == {"reader": "0", "assembler": "0", "jsonl": "0"}
         assert not _events(log_path, "service_killed")
+        # Each service's peak resident memory, sampled from /proc while it ran: a
+        # Python process with librdkafka loaded is tens of MB, never zero.
+        (peaks,) = _events(log_path, "peak_rss")
+        rss = json.loads(peaks["services"])
+        assert set(rss) == {"reader", "assembler", "jsonl"}
+        assert all(20 < mb < 2000 for mb in rss.values()), rss
         assert not [p for p in pids if _alive(p)]
     finally:
         if proc.poll() is None:
