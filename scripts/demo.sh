@@ -53,6 +53,7 @@ seed_s=$(since "$t")
 step "starting the pipeline: catalog-cdc run --config $CONFIG (log: $RUNLOG)"
 : > "$RUNLOG"
 : > "$SUMMARY"
+rm -f "$DIR/admin-tokens.json"
 t=$(now)
 $CLI run --config "$CONFIG" >>"$RUNLOG" 2>&1 &
 run=$!
@@ -103,6 +104,18 @@ page = json.load(sys.stdin)
 print(json.dumps({**page, "products": page["products"][:2]}, ensure_ascii=False)[:600])
 print("  (%d products on this page)" % len(page["products"]))'
 echo
+echo "-- the admin API: GET /v1/status (catalog-cdc admin serve on :18780, a reader token)"
+token=$($CLI admin token add "demo-$RUN" --role reader --tokens "$DIR/admin-tokens.json" 2>/dev/null)
+$PY - "$token" <<'EOF' || echo "  (the admin API did not answer: see $RUNLOG)"
+import json, sys, urllib.request
+req = urllib.request.Request("http://127.0.0.1:18780/v1/status",
+                             headers={"Authorization": f"Token {sys.argv[1]}"})
+body = json.load(urllib.request.urlopen(req, timeout=10))
+for name, c in body["consumers"].items():
+    print(f"  {name:<16} status={c['status']:<8} lag={c['lag']:<4} "
+          f"product_count={c['product_count']} consuming={c['consuming']}")
+EOF
+echo
 echo "-- what each sink holds vs the database"
 sinks_ok=0
 $PY -m pipeline.dashboard.demo proof --config "$CONFIG" --summary "$SUMMARY" || sinks_ok=1
@@ -120,6 +133,9 @@ trap - EXIT
 stop_s=$(since "$t")
 grep -E "event=supervisor_stopped" "$RUNLOG" | tail -1 | cut -c1-200 | sed 's/^/  /' || true
 restarts=$(grep -c "event=service_failed" "$RUNLOG" || true)
+peak_rss=$(grep -o 'event=peak_rss services=[^ ]*' "$RUNLOG" | tail -1 | cut -d= -f3- \
+    | $PY -c 'import json,sys; print(", ".join(f"{k} {v:.0f}" for k, v in json.load(sys.stdin).items()))' \
+    2>/dev/null || echo unknown)
 
 total_s=$(since "$started")
 step "summary"
@@ -129,6 +145,7 @@ printf '  %-28s %s\n' \
     "live edits" "${edits_s}s at $EDIT_RATE/s" \
     "catch-up after the edits" "${catchup_s}s" \
     "clean stop" "${stop_s}s, catalog-cdc run exit status $run_status, $restarts service failures" \
+    "peak memory (MB)" "$peak_rss" \
     "total" "${total_s}s"
 echo "  in sync with the database:"
 printf '    %-16s %s\n' "search" "$search_ok (catalog-cdc verify search)" \

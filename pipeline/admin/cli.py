@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -72,6 +73,7 @@ def _token_add(args: argparse.Namespace) -> int:
     print(
         f"token {args.name!r} ({args.role}) stored hashed in {store.path}; this is the only "
         "time it is shown. Use it as: Authorization: Token <token>",
+        file=sys.stderr,  # stdout is the token alone: TOKEN=$(catalog-cdc admin token add ...)
         flush=True,
     )
     return 0

@@ -43,11 +43,16 @@ from pipeline.supervisor.config import RunConfig, build_services, load_config
 
 
 def used_ports(config: RunConfig) -> list[tuple[int, str]]:
-    """(port, what) of every enabled service: contract servers' ports, metrics ports."""
+    """(port, what) of every enabled service: contract servers' ports, metrics ports,
+    and a ``--port N`` on a service's command line (the admin API)."""
     out: list[tuple[int, str]] = []
     for spec in build_services(config):
         if spec.port is not None:
             out.append((spec.port, f"contract server {spec.name}"))
+        elif "--port" in spec.argv[:-1]:
+            value = spec.argv[spec.argv.index("--port") + 1]
+            if value.isdigit() and int(value) > 0:
+                out.append((int(value), f"service {spec.name}"))
         if spec.metrics_port is not None:
             out.append((spec.metrics_port, f"{spec.name} metrics"))
     return out

@@ -94,8 +94,10 @@ def test_cli_add_prints_the_token_once(tmp_path: Path, capsys: pytest.CaptureFix
     file = str(tmp_path / "t.json")
     args = parser.parse_args(["admin", "token", "add", "ops", "--role", "admin", "--tokens", file])
     assert args.handler(args) == 0
-    token = capsys.readouterr().out.splitlines()[0]
+    printed = capsys.readouterr()
+    token = printed.out.strip()  # stdout is the token alone: TOKEN=$(... token add ...)
     assert TokenStore(Path(file)).verify(token) is not None
+    assert "only time it is shown" in printed.err
     args = parser.parse_args(["admin", "token", "list", "--tokens", file])
     assert args.handler(args) == 0
     listed = capsys.readouterr().out

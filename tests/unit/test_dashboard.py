@@ -429,7 +429,8 @@ def test_demo_config_ports_and_state_files() -> None:
     ports = demo.used_ports(config)
     assert (18701, "contract server storefront-api-server") in ports
     assert (19187, "reader metrics") in ports
-    assert len({p for p, _ in ports}) == len(ports) == 10
+    assert (18780, "service admin") in ports  # from its command line's --port
+    assert len({p for p, _ in ports}) == len(ports) == 11
     files = demo.state_files(config, Path(".stack"))
     assert {f.name for f in files} == {
         "edge-kv.sqlite", "storefront-api.sqlite", "search-service.sqlite", "webhooks.sqlite"

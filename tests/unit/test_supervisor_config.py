@@ -49,7 +49,8 @@ def _error(data: dict[str, Any]) -> str:
 def test_the_example_file_parses_and_builds_valid_command_lines() -> None:
     config = load_config(EXAMPLE)  # real registry and contract servers
     specs = build_services(config)
-    assert [s.name for s in specs] == ["reader", "assembler", "search"]
+    assert [s.name for s in specs] == ["reader", "assembler", "search", "admin"]
+    assert specs[3].argv[4:] == ("admin", "serve", "--port", "8780")
     assert specs[0].argv == ("--log-level", "info", "--log-format", "kv", "reader", "--metrics-port", "9187")  # fmt: skip
     assert specs[2].argv[4:] == ("consume", "search", "--metrics-port", "9189")
     check_command_lines(specs, build_parser(), str(EXAMPLE))
@@ -72,6 +73,7 @@ def test_the_example_file_parses_and_builds_valid_command_lines() -> None:
         "storefront-api",
         "search-service",
         "edge-kv",
+        "admin",
     ]
     check_command_lines(specs, build_parser(), str(path))
     assert all(s.argv[:4] == ("--log-level", "debug", "--log-format", "json") for s in specs)
