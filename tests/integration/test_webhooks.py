@@ -219,6 +219,9 @@ def test_a_slow_subscriber_times_out_and_the_retry_is_deduplicated(
             wait_for(lambda: sink.stats["a"]["retried"] >= 1, 20, "a timed-out attempt")
             a.respond_slowly(0)
             wait_for(lambda: _drained(sink), 20, "the outbox to drain")
+        # The timed-out attempt is still asleep in the server when the retry has been
+        # accepted and the outbox drained: it lands (as the duplicate) up to 1 s later.
+        wait_for(lambda: bool(a.state()["duplicates"]), 5, "the timed-out attempt to land")
         assert _history(a, 1) == [("product.created", 10), ("product.updated", 11)]
         state = a.state()
         assert state["duplicates"], "a repeat after a timeout was expected"
