@@ -12,11 +12,13 @@ change in it (``source_ts_ms``): commit-to-indexed, one clock.
 
 Rates are probed upwards (15 s each); a rate is *sustained* when the edits reach
 90 % of it, the p99 latency stays under 5 s and the pipeline drains within 5 s
-after the edits stop.  The highest sustained rate is then run for 60 s: p50/p99/max,
-the rate reached, and the writes the sink saved (documents whose indexed content
-had not changed since its last write, skipped by content hash).
+after the edits stop.  The highest sustained rate is then run for 60 s, ``--rounds``
+times (each figure of the report is the median of those runs, with min and max):
+p50/p99/max, the rate reached, and the writes the sink saved (documents whose indexed
+content had not changed since its last write, skipped by content hash).
 
-Usage: python bench/latency_bench.py [--products N] [--rates 25,50,...] [--duration S] [--json FILE]
+Usage: python bench/latency_bench.py [--products N] [--rates 25,50,...] [--duration S]
+       [--consumer NAME] [--probe S] [--rounds R] [--json FILE]
 """
 
 from __future__ import annotations
@@ -308,6 +310,7 @@ def run(
     duration: float,
     consumer: str = "search",
     probe_s: float = 15.0,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     prefix = f"lat{uuid.uuid4().hex[:6]}"
     es = Elasticsearch(es_url, request_timeout=120)
@@ -315,7 +318,7 @@ def run(
     with scratch_database(admin_dsn) as dsn:
         try:
             return _run(dsn, bootstrap, es_url, prefix, products, rates, duration, consumer,
-                        probe_s, stop)  # fmt: skip
+                        probe_s, rounds, stop)  # fmt: skip
         finally:
             stop.set()
             with contextlib.suppress(NotFoundError):
@@ -334,6 +337,7 @@ def _run(
     duration: float,
     consumer: str,
     probe_s: float,
+    rounds: int,
     stop: threading.Event,
 ) -> dict[str, Any]:
     with psycopg.connect(dsn) as conn:
@@ -400,9 +404,11 @@ def _run(
             if not r["sustained"]:
                 break
             best = rate
-        final = _phase(dsn, runtime, sink, col, watch, pids, best or rates[0], duration)
+        finals = []
+        for k in range(rounds):  # the final run, several times: each figure a median
+            finals.append(_phase(dsn, runtime, sink, col, watch, pids, best or rates[0], duration))
+            print(_line(f"final {k + 1}/{rounds}", finals[-1]), flush=True)
         watch.close()
-        print(_line("final", final), flush=True)
         rss = {
             "reader": _vm_hwm_kb(reader.pid) / 1024,
             "assembler": _vm_hwm_kb(assembler.pid) / 1024,
@@ -417,7 +423,8 @@ def _run(
         "products": products,
         "probes": probes,
         "best_rate": best,
-        "final": final,
+        "final": finals[0],
+        "finals": finals,
         "peak_rss_mb": rss,
     }
 
@@ -463,6 +470,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of the final run")
     parser.add_argument("--consumer", default="search", help="the sink to measure")
     parser.add_argument("--probe", type=float, default=15.0, help="seconds per probed rate")
+    parser.add_argument("--rounds", type=int, default=3, help="final runs (figures: median)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     conns = load_connections()
@@ -476,6 +484,7 @@ def main() -> int:
         args.duration,
         args.consumer,
         args.probe,
+        args.rounds,
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -18,3 +18,14 @@ def row(rounds: list[dict[str, Any]], label: str, key: str, fmt: str, bold: bool
     if bold:
         values[0] = f"**{values[0]}**"
     return f"| {label} | " + " | ".join(values) + " |"
+
+
+def spread(values: list[float | None], fmt: str = ".2f") -> str:
+    """``median (min-max)`` of several runs; the value alone for one; ``-`` for none."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    mid = format(statistics.median(known), fmt)
+    if len(known) == 1:
+        return mid
+    return f"{mid} ({format(min(known), fmt)}-{format(max(known), fmt)})"

@@ -18,6 +18,18 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ALL = (
+    "reader",
+    "assembler",
+    "search",
+    "latency",
+    "doc-latency",
+    "sinks",
+    "replay",
+    "replay-scale",
+    "services",
+)
+"""Every benchmark of ``make bench``, in the order they run."""
 
 
 def _versions() -> dict[str, str]:
@@ -67,13 +79,11 @@ def main() -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["reader", "assembler", "search", "latency", "doc-latency", "sinks", "replay"],
+        choices=[*ALL],
         help="run only these benchmarks (repeatable); the others are rendered from bench/out/",
     )
     args = parser.parse_args()
-    only = set(
-        args.only or ["reader", "assembler", "search", "latency", "doc-latency", "sinks", "replay"]
-    )
+    only = set(args.only or ALL)
     rows, rounds, big = (50_000, 1, 200_000) if args.quick else (200_000, 5, 1_000_000)
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
@@ -83,6 +93,9 @@ def main() -> int:
     latency_json = out_dir / "latency.json"
     replay_json = out_dir / "replay.json"
     doc_latency_json = out_dir / "doc_latency.json"
+    services_json = out_dir / "services.json"
+    replay_scale_json = out_dir / "replay_scale.json"
+    runs = 1 if args.quick else 3  # of the latency benchmarks' sustained rates
     sink_names = ["edge-kv", "storefront-api", "search-service", "webhooks"]
     # The reader first: the other benchmarks leave the broker busy for a while.
     if not args.render_only and "reader" in only:
@@ -129,6 +142,8 @@ def main() -> int:
             products,
             "--duration",
             duration,
+            "--rounds",
+            runs,
             "--json",
             latency_json,
         )
@@ -140,6 +155,8 @@ def main() -> int:
             rates,
             "--duration",
             seconds,
+            "--rounds",
+            runs,
             "--json",
             doc_latency_json,
         )
@@ -159,6 +176,8 @@ def main() -> int:
                 probe,
                 "--duration",
                 seconds,
+                "--rounds",
+                runs,
                 "--json",
                 out_dir / f"latency-{name}.json",
             )
@@ -177,6 +196,20 @@ def main() -> int:
                 "--json",
                 out_dir / "replay-10000.json",
             )
+    if not args.render_only and "replay-scale" in only:
+        sizes = "2000,10000" if args.quick else "10000,100000,1000000"
+        _bench("replay_scale_bench.py", "--sizes", sizes, "--json", replay_scale_json)
+    if not args.render_only and "services" in only:
+        products, srounds = (2_000, 1) if args.quick else (10_000, 3)
+        _bench(
+            "services_bench.py",
+            "--products",
+            products,
+            "--rounds",
+            srounds,
+            "--json",
+            services_json,
+        )
     r = json.loads(reader_json.read_text())
     rows, rounds = r["rows"], len(r["rounds"])
     big_run = r.get("big_transaction") or {}
@@ -340,6 +373,12 @@ def main() -> int:
         scale = [json.loads(p.read_text()) for p in sorted(out_dir.glob("replay-*.json"))]
         section = replay_report.render(json.loads(replay_json.read_text()), scale)
         lines += section[:2] + measured(replay_json) + section[2:]
+        if replay_scale_json.exists():
+            section = replay_report.render_scale(json.loads(replay_scale_json.read_text()))
+            lines += section[:2] + measured(replay_scale_json) + section[2:]
+    if services_json.exists():
+        section = pipeline_report.render_services(json.loads(services_json.read_text()))
+        lines += section[:2] + measured(services_json) + section[2:]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print((HERE / "RESULTS.md").read_text())
     return 0
