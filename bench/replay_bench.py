@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,24 +50,26 @@ from pipeline.settings import ConnectionSettings, load_connections
 
 
 def _clone(docs: list[ProductDocument], n: int) -> list[ProductDocument]:
-    out = []
+    return list(clones(docs, n))
+
+
+def clones(docs: list[ProductDocument], n: int) -> Iterator[ProductDocument]:
+    """``n`` documents with ids 1..n (new references and url keys), made as they are
+    asked for (a million pydantic models would not fit in memory at once)."""
     for i in range(n):
         d = docs[i % len(docs)]
         pid = i + 1
-        out.append(
-            d.model_copy(
-                update={
-                    "id": pid,
-                    "reference": f"{d.reference[:50]}-{pid}",
-                    "url_key": f"{d.url_key[:80]}-{pid}",
-                    "version": 1000 + pid,
-                }
-            )
+        yield d.model_copy(
+            update={
+                "id": pid,
+                "reference": f"{d.reference[:50]}-{pid}",
+                "url_key": f"{d.url_key[:80]}-{pid}",
+                "version": 1000 + pid,
+            }
         )
-    return out
 
 
-def _put_on_topic(bootstrap: str, prefix: str, docs: list[ProductDocument]) -> None:
+def _put_on_topic(bootstrap: str, prefix: str, docs: Iterable[ProductDocument]) -> None:
     codec = document_codec(bootstrap, prefix)
     topic = doc_topic(prefix, "product")
     parts = 6

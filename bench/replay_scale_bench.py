@@ -29,13 +29,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
 from reader_bench import _vm_hwm_kb, _with_db
-from replay_bench import _put_on_topic, _settle
+from replay_bench import _put_on_topic, _settle, clones
 from search_bench import _documents
 
 from pipeline.assembler.documents import ProductDocument
@@ -43,21 +42,6 @@ from pipeline.kafka import TopicSpec, ensure_topics
 from pipeline.settings import load_connections
 
 CLI = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "catalog-cdc")
-
-
-def _clones(docs: list[ProductDocument], n: int) -> Iterator[ProductDocument]:
-    """``n`` documents with ids 1..n, made as they are asked for."""
-    for i in range(n):
-        d = docs[i % len(docs)]
-        pid = i + 1
-        yield d.model_copy(
-            update={
-                "id": pid,
-                "reference": f"{d.reference[:50]}-{pid}",
-                "url_key": f"{d.url_key[:80]}-{pid}",
-                "version": 1000 + pid,
-            }
-        )
 
 
 def _noida_rss_mb() -> float:
@@ -83,7 +67,7 @@ def one_size(
 ) -> dict[str, Any]:
     prefix = f"rs{uuid.uuid4().hex[:6]}"
     t = time.perf_counter()
-    _put_on_topic(bootstrap, prefix, _clones(source, n))  # type: ignore[arg-type]
+    _put_on_topic(bootstrap, prefix, clones(source, n))
     put_s = time.perf_counter() - t
     # The edge KV also reads the stores and CMS pages (raw topics): none here.
     ensure_topics(bootstrap, [TopicSpec(f"{prefix}.public.{t}") for t in ("stores", "cms_pages")])
