@@ -313,6 +313,22 @@ def group_lag(
     return lag
 
 
+def assembler_catching_up(port: int, host: str = "127.0.0.1") -> bool:
+    """The assembler's ``catalog_cdc_assembler_catching_up`` gauge is not 0, or its
+    metrics do not answer (it is starting or restarting): not done yet."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except OSError:
+        return True
+    for line in text.splitlines():
+        if line.startswith("catalog_cdc_assembler_catching_up "):
+            return float(line.split()[1]) != 0
+    return True
+
+
 def _wait_groups(config_path: Path, timeout: float) -> int:
     """Until the assembler's group has committed the ends of the raw topics, then every
     consumer's group the ends of the document topics as they were then: every change
@@ -354,6 +370,15 @@ def _wait_groups(config_path: Path, timeout: float) -> int:
                 for p in meta.partitions
             ]
             only = wanted is None
+            if name == "assembler" and config.assembler.metrics_port is not None:
+                # A fresh assembler commits its inputs while it catches up and emits the
+                # documents only at the end: until then the consumers look caught up.
+                while assembler_catching_up(config.assembler.metrics_port):
+                    if time.monotonic() > deadline:
+                        print(f"demo: the assembler is still catching up after {timeout:g}s",
+                              file=sys.stderr)  # fmt: skip
+                        return 1
+                    time.sleep(0.5)
             while (lag := group_lag(admin, probe, group, partitions, only)) > 0:
                 if time.monotonic() > deadline:
                     print(

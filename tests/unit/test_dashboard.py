@@ -528,3 +528,25 @@ def test_demo_prepare_names_the_service_that_is_down(
     assert "preparing demo run demo1202999999: PostgreSQL: connection failed" in err
     assert demo.main(["prepare", "--config", str(DEMO_CONFIG), "--run", "bogus"]) == 1
     assert "a demo run id is 'demo' and 10-14 digits, not 'bogus'" in capsys.readouterr().err
+
+
+def test_the_demo_waits_while_the_assembler_catches_up() -> None:
+    """A fresh assembler commits its inputs while catching up and emits documents at the
+    end: wait-groups reads its catching_up gauge (real metrics over HTTP) first."""
+    from prometheus_client import start_http_server
+
+    from pipeline.assembler.metrics import AssemblerMetrics
+
+    metrics = AssemblerMetrics()
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
+    try:
+        port = server.server_port
+        metrics.catching_up.set(1)
+        assert demo.assembler_catching_up(port)
+        metrics.catching_up.set(0)
+        assert not demo.assembler_catching_up(port)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert demo.assembler_catching_up(port)  # not answering: not done yet
