@@ -37,6 +37,7 @@ from pipeline.demo.catalog import load_schema
 from pipeline.reader.snapshot import describe_table  # noqa: F401 - import check
 from pipeline.settings import load_connections
 from pipeline.stack.postgres import find_bindir
+from pipeline.supervisor.supervisor import peak_rss_kb
 
 CLI = str(Path(sys.executable).parent / "catalog-cdc")
 PROFILE = os.environ.get("READER_BENCH_PROFILE")  # write a cProfile of the reader here
@@ -64,10 +65,8 @@ def _confirmed(conn: psycopg.Connection[Any], slot: str, target: str) -> bool:
 
 
 def _vm_hwm_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
+    """Peak RSS of ``pid`` in KB (what `catalog-cdc run` reports too); 0 once it is gone."""
+    return peak_rss_kb(pid) or 0
 
 
 def _cpu_s(pid: int, tid: int | None = None) -> float:

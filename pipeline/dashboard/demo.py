@@ -318,15 +318,14 @@ def assembler_catching_up(port: int, host: str = "127.0.0.1") -> bool:
     metrics do not answer (it is starting or restarting): not done yet."""
     import urllib.request
 
+    from pipeline.dashboard.model import parse_metrics, total
+
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode("utf-8", "replace")
-    except OSError:
+            samples, _ = parse_metrics(resp.read().decode("utf-8", "replace"))
+    except (OSError, ValueError):
         return True
-    for line in text.splitlines():
-        if line.startswith("catalog_cdc_assembler_catching_up "):
-            return float(line.split()[1]) != 0
-    return True
+    return total(samples, "catalog_cdc_assembler_catching_up") != 0
 
 
 def _wait_groups(config_path: Path, timeout: float) -> int:
