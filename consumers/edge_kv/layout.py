@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
@@ -61,6 +61,7 @@ __all__ = [
     "KeyIndex",
     "MemoryIndex",
     "Plan",
+    "ProductFacts",
     "StoreRow",
     "digest",
     "full_layout",
@@ -157,11 +158,49 @@ def summary(doc: ProductDocument) -> dict[str, Any]:
     }
 
 
-def _listing_facts(doc: ProductDocument | None) -> Any:
+@dataclass(frozen=True, slots=True)
+class ProductFacts:
+    """What the layout keeps of a product between batches: its key, and what its
+    listings and the tree's counts show.  The whole document (for the product key's
+    value) is read only when that key is recomputed (:attr:`Catalog.load_document`).
+    """
+
+    store_code: str
+    url_key: str
+    active: bool
+    categories: tuple[tuple[int, int], ...]
+    """``(category id, position)`` of every category the product is linked to."""
+    summary: dict[str, Any]
+    """The product as a listing page shows it (:func:`summary`)."""
+
+    @classmethod
+    def of(cls, doc: ProductDocument) -> ProductFacts:
+        return cls(
+            store_code=doc.store.code,
+            url_key=doc.url_key,
+            active=doc.active,
+            categories=tuple((c.id, c.position) for c in doc.categories),
+            summary=summary(doc),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [self.store_code, self.url_key, self.active, self.categories, self.summary],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ProductFacts:
+        code, url_key, active, cats, summary_ = json.loads(text)
+        return cls(code, url_key, active, tuple((c, p) for c, p in cats), summary_)
+
+
+def _listing_facts(facts: ProductFacts | None) -> Any:
     """What of a product its listings and tree counts depend on."""
-    if doc is None or not doc.active:
+    if facts is None or not facts.active:
         return None
-    return (summary(doc), doc.store.code, tuple((c.id, c.position) for c in doc.categories))
+    return (facts.summary, facts.store_code, facts.categories)
 
 
 def _tree_facts(doc: CategoryDocument | None) -> Any:
@@ -171,11 +210,23 @@ def _tree_facts(doc: CategoryDocument | None) -> Any:
 
 
 class Catalog:
-    """What the sink knows, with the indexes the layout needs."""
+    """What the sink knows, with the indexes the layout needs.
 
-    def __init__(self, page_size: int = DEFAULT_PAGE_SIZE) -> None:
+    Of a product it keeps the :class:`ProductFacts` (a few hundred bytes); its whole
+    document only from :meth:`put` until :meth:`release_documents`, and reads it back
+    with ``load_document`` when the product key is recomputed later.  Without a loader
+    every document stays in memory (a catalog built to compare with, in ``verify``).
+    """
+
+    def __init__(
+        self,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        load_document: Callable[[int], ProductDocument | None] | None = None,
+    ) -> None:
         self.page_size = page_size
-        self.products: dict[int, ProductDocument] = {}
+        self.load_document = load_document
+        self.products: dict[int, ProductFacts] = {}
+        self._documents: dict[int, ProductDocument] = {}
         self.categories: dict[int, CategoryDocument] = {}
         self.stores: dict[int, StoreRow] = {}
         self.cms: dict[int, CmsRow] = {}
@@ -188,7 +239,7 @@ class Catalog:
 
     def get(self, kind: Kind, ident: int) -> Any:
         if kind == "product":
-            return self.products.get(ident)
+            return self.document(ident)
         if kind == "category":
             return self.categories.get(ident)
         if kind == "store":
@@ -205,21 +256,78 @@ class Catalog:
             return self.put_store(ident, value)
         return self.put_cms(ident, value)
 
-    def put_product(self, pid: int, doc: ProductDocument | None) -> set[str]:
+    def document(self, pid: int) -> ProductDocument | None:
+        """The whole document of a known product (``None`` if there is none)."""
+        if pid not in self.products:
+            return None
+        doc = self._documents.get(pid)
+        if doc is None and self.load_document is not None:
+            doc = self.load_document(pid)
+        if doc is None:
+            raise LookupError(f"product {pid}: its document is neither in memory nor stored")
+        return doc
+
+    def documents(self) -> dict[int, ProductDocument]:
+        """Every product's document (all of them read: for a catalog built to compare)."""
+        out: dict[int, ProductDocument] = {}
+        for pid in self.products:
+            doc = self.document(pid)
+            assert doc is not None
+            out[pid] = doc
+        return out
+
+    @property
+    def documents_held(self) -> int:
+        """How many whole product documents are in memory now."""
+        return len(self._documents)
+
+    def release_documents(self) -> None:
+        """Forget the whole documents put so far (they are stored: ``load_document``)."""
+        if self.load_document is not None:
+            self._documents.clear()
+
+    def saved_product(self, pid: int) -> tuple[ProductFacts | None, ProductDocument | None]:
+        """What :meth:`restore_product` needs to undo a :meth:`put_product` of ``pid``."""
+        return self.products.get(pid), self._documents.get(pid)
+
+    def restore_product(
+        self, pid: int, saved: tuple[ProductFacts | None, ProductDocument | None]
+    ) -> None:
+        """Undo the puts since :meth:`saved_product` (the stored document is the old one:
+        nothing was saved in between)."""
+        facts, doc = saved
+        self._set_facts(pid, facts)
+        if doc is None:
+            self._documents.pop(pid, None)
+        else:
+            self._documents[pid] = doc
+
+    def _set_facts(self, pid: int, facts: ProductFacts | None) -> ProductFacts | None:
         old = self.products.pop(pid, None)
         if old is not None:
-            for c in old.categories:
-                self._linked.get(c.id, set()).discard(pid)
-        if doc is not None:
-            self.products[pid] = doc
-            for c in doc.categories:
-                self._linked.setdefault(c.id, set()).add(pid)
+            for cid, _ in old.categories:
+                self._linked.get(cid, set()).discard(pid)
+        if facts is not None:
+            self.products[pid] = facts
+            for cid, _ in facts.categories:
+                self._linked.setdefault(cid, set()).add(pid)
+        return old
+
+    def put_product(self, pid: int, doc: ProductDocument | ProductFacts | None) -> set[str]:
+        """Set (``None``: delete) a product, from its document or (loading a saved
+        state) its facts; the scopes whose keys may have changed."""
+        facts = doc if doc is None or isinstance(doc, ProductFacts) else ProductFacts.of(doc)
+        old = self._set_facts(pid, facts)
+        if isinstance(doc, ProductDocument):
+            self._documents[pid] = doc
+        else:
+            self._documents.pop(pid, None)
         scopes = {f"product:{pid}"}
-        if _listing_facts(old) != _listing_facts(doc):
-            for d in (old, doc):
-                if d is not None:
-                    scopes.update(f"listing:{c.id}" for c in d.categories)
-                    scopes.add(f"tree:{d.store.code}")
+        if _listing_facts(old) != _listing_facts(facts):
+            for f in (old, facts):
+                if f is not None:
+                    scopes.update(f"listing:{cid}" for cid, _ in f.categories)
+                    scopes.add(f"tree:{f.store_code}")
         return scopes
 
     def put_category(self, cid: int, doc: CategoryDocument | None) -> set[str]:
@@ -275,10 +383,12 @@ class Catalog:
         """The keys (and values) of one scope in the current state."""
         kind, _, arg = scope.partition(":")
         if kind == "product":
-            doc = self.products.get(int(arg))
-            if doc is None or not doc.active:
+            facts = self.products.get(int(arg))
+            if facts is None or not facts.active:
                 return {}
-            return {f"{doc.store.code}:product:{doc.url_key}": product_value(doc)}
+            doc = self.document(int(arg))
+            assert doc is not None
+            return {f"{facts.store_code}:product:{facts.url_key}": product_value(doc)}
         if kind == "listing":
             return self._listing(int(arg))
         if kind == "tree":
@@ -305,15 +415,15 @@ class Catalog:
             current = doc.parent_id
         return True
 
-    def listed(self, cid: int) -> list[ProductDocument]:
+    def listed(self, cid: int) -> list[ProductFacts]:
         """The listing of a category, in page order."""
-        entries: list[tuple[int, int, ProductDocument]] = []
+        entries: list[tuple[int, int, ProductFacts]] = []
         for pid in self._linked.get(cid, ()):
-            doc = self.products[pid]
-            if not doc.active:
+            facts = self.products[pid]
+            if not facts.active:
                 continue
-            position = next(c.position for c in doc.categories if c.id == cid)
-            entries.append((position, pid, doc))
+            position = next(p for c, p in facts.categories if c == cid)
+            entries.append((position, pid, facts))
         entries.sort(key=lambda e: (e[0], e[1]))
         return [e[2] for e in entries]
 
@@ -330,7 +440,7 @@ class Catalog:
                 "category_id": cid,
                 "page": n,
                 "page_size": size,
-                "products": [summary(p) for p in products[start : start + size]],
+                "products": [p.summary for p in products[start : start + size]],
             }
             out[f"{cat.store.code}:products:category:{cid}:page:{n}"] = dumps(page)
         return out

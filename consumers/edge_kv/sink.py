@@ -50,7 +50,7 @@ from consumers.edge_kv.layout import (
     plan,
     product_value,
 )
-from consumers.edge_kv.state import SinkState, encode_body
+from consumers.edge_kv.state import Entity, SinkState, entity
 from consumers.registry import SinkContext
 from consumers.runtime import RawRecord, Record, Rejected
 from pipeline.assembler.documents import ProductDocument
@@ -172,6 +172,9 @@ class EdgeKvSink:
     def open(self) -> None:
         if self._state is None:
             state = SinkState(self.state_path)
+            # Only the facts of a product stay in memory; its document is read back from
+            # the state when its key is recomputed.
+            self.catalog.load_document = state.document
             self.versions, self.pulse = state.load(self.catalog, self.index)
             self._state = state
             log.info(
@@ -201,14 +204,18 @@ class EdgeKvSink:
     def flush(self) -> list[Rejected]:
         assert self._state is not None, "open() first"
         rejected: list[Rejected] = []
+        catalog = self.catalog
         undo: list[tuple[Kind, int, Any]] = []
-        changed: dict[tuple[str, int], tuple[Kind, int, int, str | None]] = {}
+        changed: dict[tuple[str, int], Entity] = {}
         scopes: set[str] = set()
 
         def put(kind: Kind, ident: int, version: int, value: Any) -> None:
-            undo.append((kind, ident, self.catalog.get(kind, ident)))
-            scopes.update(self.catalog.put(kind, ident, value))
-            changed[(kind, ident)] = (kind, ident, version, encode_body(kind, value))
+            if kind == "product":
+                undo.append((kind, ident, catalog.saved_product(ident)))
+            else:
+                undo.append((kind, ident, catalog.get(kind, ident)))
+            scopes.update(catalog.put(kind, ident, value))
+            changed[(kind, ident)] = entity(kind, ident, version, value)
 
         def known_version(kind: str, ident: int) -> int:
             entry = changed.get((kind, ident))
@@ -263,17 +270,19 @@ class EdgeKvSink:
                 self.backend.apply(writes, p.deletes)
         except BaseException:
             for kind, ident, old in reversed(undo):
-                self.catalog.put(kind, ident, old)
+                if kind == "product":
+                    catalog.restore_product(ident, old)
+                else:
+                    catalog.put(kind, ident, old)
             raise
         self._state.save(changed.values(), p, pulse)
         self._confirmed(p, changed, pulse)
         return rejected
 
-    def _confirmed(
-        self, p: Plan, changed: dict[tuple[str, int], tuple[Kind, int, int, str | None]], pulse: str
-    ) -> None:
+    def _confirmed(self, p: Plan, changed: dict[tuple[str, int], Entity], pulse: str) -> None:
         self.index.apply(p)
-        for key, (_kind, _ident, version, _body) in changed.items():
+        self.catalog.release_documents()  # saved: read back from the state when needed
+        for key, (_kind, _ident, version, _body, _facts) in changed.items():
             self.versions[key] = version
         self.stats["batches"] += 1
         if p.changes_content:

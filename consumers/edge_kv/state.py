@@ -2,8 +2,11 @@
 
 Tables: ``entities`` (kind, id, version, body: the latest product / category document
 and ``stores`` / ``cms_pages`` row, ``body`` NULL for a delete, so that an older
-redelivered version is recognised), ``keys`` (key -> scope, content hash: the index of
-what the backend holds, so a change is diffed without reading the store) and ``meta``
+redelivered version is recognised; ``facts``: of a product, the
+:class:`~consumers.edge_kv.layout.ProductFacts` its listings need, all the sink keeps
+of it in memory: ``body`` is read back when the product key is recomputed), ``keys``
+(key -> scope, content hash: the index of what the backend holds, so a change is diffed
+without reading the store) and ``meta``
 (the current ``pulse``).
 
 The state is saved in one transaction *after* the backend confirmed the batch: a crash
@@ -20,14 +23,22 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from consumers.edge_kv.layout import Catalog, CmsRow, Kind, MemoryIndex, Plan, StoreRow
+from consumers.edge_kv.layout import (
+    Catalog,
+    CmsRow,
+    Kind,
+    MemoryIndex,
+    Plan,
+    ProductFacts,
+    StoreRow,
+)
 from pipeline.assembler.documents import CategoryDocument, ProductDocument, from_json, to_json
 
-__all__ = ["SinkState", "decode_body", "encode_body"]
+__all__ = ["Entity", "SinkState", "decode_body", "encode_body", "entity"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
-    kind TEXT NOT NULL, id INTEGER NOT NULL, version INTEGER NOT NULL, body TEXT,
+    kind TEXT NOT NULL, id INTEGER NOT NULL, version INTEGER NOT NULL, body TEXT, facts TEXT,
     PRIMARY KEY (kind, id)
 );
 CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, scope TEXT NOT NULL, hash TEXT NOT NULL);
@@ -41,6 +52,18 @@ def encode_body(kind: Kind, value: Any) -> str | None:
     if kind in ("product", "category"):
         return to_json(value)
     return json.dumps(dataclasses.asdict(value), ensure_ascii=False)
+
+
+Entity = tuple[Kind, int, int, str | None, str | None]
+"""An ``entities`` row to save: kind, id, version, body, facts."""
+
+
+def entity(kind: Kind, ident: int, version: int, value: Any) -> Entity:
+    """The ``entities`` row of ``value`` (``None``: deleted)."""
+    facts = None
+    if kind == "product" and value is not None:
+        facts = ProductFacts.of(value).to_json()
+    return (kind, ident, version, encode_body(kind, value), facts)
 
 
 def decode_body(kind: Kind, body: str | None) -> Any:
@@ -65,18 +88,41 @@ class SinkState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(entities)")}
+        if "facts" not in columns:  # a state file of an older version: filled by load()
+            self.db.execute("ALTER TABLE entities ADD COLUMN facts TEXT")
+
+    def document(self, product_id: int) -> ProductDocument | None:
+        """The stored document of a product (``None``: none, or deleted)."""
+        row = self.db.execute(
+            "SELECT body FROM entities WHERE kind = 'product' AND id = ?", (product_id,)
+        ).fetchone()
+        doc: ProductDocument | None = None if row is None else decode_body("product", row[0])
+        return doc
 
     def load(self, catalog: Catalog, index: MemoryIndex) -> tuple[dict[tuple[str, int], int], str]:
         """Fill ``catalog`` and ``index``; return the versions of every entity and the
-        pulse."""
+        pulse.  Of a product only its facts are read (its document stays on disk)."""
         versions: dict[tuple[str, int], int] = {}
-        for kind, ident, version, body in self.db.execute(
-            "SELECT kind, id, version, body FROM entities"
+        missing: list[tuple[str, int]] = []
+        for kind, ident, version, body, facts in self.db.execute(
+            "SELECT kind, id, version, CASE WHEN kind = 'product' AND facts IS NOT NULL "
+            "THEN NULL ELSE body END, facts FROM entities"
         ):
             versions[(kind, ident)] = version
+            if kind == "product" and facts is not None:
+                catalog.put_product(ident, ProductFacts.from_json(facts))
+                continue
             value = decode_body(kind, body)
             if value is not None:
                 catalog.put(kind, ident, value)
+                if kind == "product":
+                    missing.append((ProductFacts.of(value).to_json(), ident))
+        if missing:
+            self.db.executemany(
+                "UPDATE entities SET facts = ? WHERE kind = 'product' AND id = ?", missing
+            )
+        catalog.release_documents()
         for key, scope, hash_ in self.db.execute("SELECT key, scope, hash FROM keys"):
             index.set(key, scope, hash_)
         row = self.db.execute("SELECT value FROM meta WHERE name = 'pulse'").fetchone()
@@ -84,7 +130,7 @@ class SinkState:
 
     def save(
         self,
-        entities: Iterable[tuple[Kind, int, int, str | None]],
+        entities: Iterable[Entity],
         plan: Plan,
         pulse: str,
     ) -> None:
@@ -93,9 +139,9 @@ class SinkState:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
-                "INSERT INTO entities (kind, id, version, body) VALUES (?, ?, ?, ?) "
+                "INSERT INTO entities (kind, id, version, body, facts) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, "
-                "body = excluded.body",
+                "body = excluded.body, facts = excluded.facts",
                 list(entities),
             )
             db.executemany("DELETE FROM keys WHERE key = ?", [(k,) for k in plan.deletes])

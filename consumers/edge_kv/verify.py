@@ -214,15 +214,25 @@ class EdgeKvVerifier:
     ) -> list[DocumentMessage]:
         ts = now_ms()
         records: list[DocumentMessage] = []
-        sides: list[tuple[str, dict[int, Any], dict[int, Any]]] = [
-            ("product", self._catalog.products, sink.catalog.products),
-            ("category", self._catalog.categories, sink.catalog.categories),
+        sides: list[tuple[str, dict[int, Any], Any, Any]] = [
+            (
+                "product",
+                self._catalog.documents(),
+                sink.catalog.products,
+                sink.catalog.document,  # read back from the sink's state
+            ),
+            (
+                "category",
+                self._catalog.categories,
+                sink.catalog.categories,
+                sink.catalog.categories.get,
+            ),
         ]
-        for kind, want, have in sides:
+        for kind, want, have, have_doc in sides:
             for ident in sorted(set(want) | set(have)):
                 known = sink.versions.get((kind, ident))
                 doc: ProductDocument | CategoryDocument | None = want.get(ident)
-                old = have.get(ident)
+                old = have_doc(ident)
                 if doc is None:
                     records.append(DocumentMessage(kind, ident, None, repair_version(0, known), ts))
                     outcome.deleted += 1
