@@ -16,7 +16,36 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads``, about 4x faster (orjson) on the JSON this project writes itself.
+
+    What orjson refuses (``NaN``, ``Infinity``, a lone surrogate escape) is parsed by the
+    standard parser, so the result is the same.  (orjson reads an integer beyond 64 bits
+    as a float: none is written, as ``numeric`` values are kept as strings.)
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+def canonical(value: Any) -> bytes:
+    """Compact UTF-8 JSON with sorted keys, what a content hash is taken of.
+
+    The same bytes as ``json.dumps(value, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False).encode()`` for JSON-native values (``str``, ``int``, ``bool``,
+    ``None``, lists and dicts of them; tested), at a fraction of the cost.  Only floats
+    may be written differently (``1e16`` for ``1e+16``, ``null`` for ``NaN``).
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits, a lone surrogate, a non-JSON type
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def jsonable(value: Any) -> Any:

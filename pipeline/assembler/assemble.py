@@ -72,6 +72,7 @@ from pipeline.assembler.state import (
 )
 from pipeline.codec.avro_schema import _json_loads
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent
+from pipeline.jsonify import canonical, loads
 from pipeline.kafka import partition_for
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ class Batch:
                 )
             old = {c: v for c, v in old_image.items() if v is not UNCHANGED_TOAST}
         data = None if new_row is None else serialize_row(table, key, new_row, old)
-        new = None if data is None else json.loads(data)
+        new = None if data is None else loads(data)
         self.applied += 1
         # When nothing a document shows changed (a column no document holds, or an
         # UPDATE that set the same values) the row is stored but touches nothing, so a
@@ -697,8 +698,7 @@ class Built:
     data: dict[str, Any]
 
     def digest(self) -> str:
-        text = json.dumps(self.data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha1(text.encode()).hexdigest()
+        return hashlib.sha1(canonical(self.data)).hexdigest()
 
     def document(self) -> Document:
         """The validated document (variant attributes parsed from their JSON text)."""

@@ -481,9 +481,14 @@ def _json_dumps(value: Any) -> str:
         return "".join(parts)
 
 
+_DECIMAL_JSON = json.JSONDecoder(parse_float=Decimal)
+
+
 def _json_loads(text: str) -> Any:
     """Parsed JSON, non-integral numbers as ``Decimal`` (as the reader produces them)."""
-    return json.loads(text, parse_float=Decimal)
+    # One decoder for all calls: json.loads(text, parse_float=...) builds a new one each
+    # time, which cost as much as the parsing itself on the assembler's hot path.
+    return _DECIMAL_JSON.decode(text)
 
 
 def _timetz_to_str(value: datetime.time) -> str:
