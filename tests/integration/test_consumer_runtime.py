@@ -280,3 +280,48 @@ def test_a_refused_commit_is_a_warning_until_it_keeps_happening(
             runtime._commit(gone)
     finally:
         runtime.consumer.close()
+
+
+class SlowSink(MemorySink):
+    """A sink that takes its time over each flush (a busy target)."""
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def flush(self) -> list[Rejected]:
+        time.sleep(0.25)
+        return super().flush()
+
+
+def _lag(runtime: ConsumerRuntime) -> float:
+    total = 0.0
+    for metric in runtime.metrics.registry.collect():
+        if metric.name == "catalog_cdc_consumer_lag_messages":
+            total += sum(s.value for s in metric.samples)
+    return total
+
+
+def test_the_lag_gauge_moves_while_the_consumer_is_busy(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A consumer working through a backlog shows how far behind it is (the dashboard
+    reads this gauge), not the 0 of its last idle moment."""
+    _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, 10 + i)) for i in range(1, 301)])
+    runtime = ConsumerRuntime(
+        SlowSink(),
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        settings=RuntimeSettings(batch_size=20, poll_timeout=0.2),
+    )
+    seen: list[float] = []
+    with running(runtime):
+        deadline = time.monotonic() + 90
+        while not runtime.caught_up.is_set() and time.monotonic() < deadline:
+            seen.append(_lag(runtime))
+            time.sleep(0.2)
+        assert runtime.caught_up.is_set(), runtime.stats
+    busy = [v for v in seen if v > 0]
+    assert busy, f"the lag stayed 0 while {runtime.stats['records']} records were worked through"
+    assert max(busy) > 100  # 300 records, 20 a batch of 0.25 s: far behind at first
+    assert busy[-1] < max(busy)  # and it came down as the backlog was worked off
+    assert _lag(runtime) == 0  # caught up: the broker's answer
