@@ -58,9 +58,15 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The benchmarks run on a stack of their own, started empty and stopped at the end, so
+# that figures do not depend on what the tests left in the shared .stack (its broker
+# holds every test's topics) or on services left running there.
+BENCH_STACK ?= $(CURDIR)/.stack-bench
 bench: $(STAMP)
-	$(BIN)/catalog-cdc stack up
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	-@CATALOG_CDC_STACK_DIR=$(BENCH_STACK) $(BIN)/catalog-cdc stack down --wipe >/dev/null 2>&1
+	CATALOG_CDC_STACK_DIR=$(BENCH_STACK) $(BIN)/catalog-cdc stack up
+	CATALOG_CDC_STACK_DIR=$(BENCH_STACK) $(BIN)/python bench/run.py $(BENCH_ARGS); \
+	rc=$$?; CATALOG_CDC_STACK_DIR=$(BENCH_STACK) $(BIN)/catalog-cdc stack down; exit $$rc
 
 stack-up: $(STAMP)
 	$(BIN)/catalog-cdc stack up

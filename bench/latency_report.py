@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from report_table import spread
+from report_table import RATES_NOTE, spread
 
 
 def _s(value: float | None) -> str:
@@ -76,9 +76,7 @@ def render(data: dict[str, Any]) -> list[str]:
         "",
         "Peak RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in data["peak_rss_mb"].items()) + ".",
         "",
-        "Absolute rates depend on what else the machine runs (this 2-core machine often ran",
-        "tests beside the benchmarks, and the shared server holds every test's data): compare",
-        "the side-by-side ratios, and re-run `make bench` on a quiet machine for the rates.",
+        *RATES_NOTE,
         "",
         "Raw numbers: `bench/out/latency.json`.",
         "",

@@ -5,6 +5,13 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+RATES_NOTE = [
+    "Absolute rates depend on the machine and on what else runs on it: `make bench` starts",
+    "a stack of its own, empty, and stops it at the end, but anything running beside it",
+    "shares the 2 cores. Compare the side-by-side ratios.",
+]
+"""What every section with absolute rates says about them."""
+
 
 def stat(rounds: list[dict[str, Any]], key: str) -> tuple[float, float, float]:
     """Median, min and max of ``key`` over the rounds."""
