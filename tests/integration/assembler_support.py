@@ -78,6 +78,22 @@ def assembler_process(
         )
 
 
+def wait_started(
+    proc: subprocess.Popen[bytes], log: Path, before: int, timeout: float = 60
+) -> None:
+    """Until the log has more ``assembler_started`` lines than ``before`` (the signal
+    handlers are installed by then: a SIGTERM earlier kills Python at once)."""
+    deadline = time.monotonic() + timeout
+    while log.read_text().count("event=assembler_started") <= before:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the assembler exited ({proc.returncode}): {log.read_text()[-2000:]}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the assembler did not start in {timeout}s")
+        time.sleep(0.1)
+
+
 def differences(
     dsn: str, bootstrap: str, prefix: str, registry_url: str | None = None
 ) -> list[str]:

@@ -26,6 +26,7 @@ from tests.integration.assembler_support import (
     differences,
     running_assembler,
     wait_in_sync,
+    wait_started,
 )
 from tests.integration.reader_support import running_reader
 
@@ -282,8 +283,12 @@ def test_kill_9_under_load_converges(
         finally:
             stop.set()
             edits.join(60)
+        started = log.read_text().count("event=assembler_started")
         proc = assembler_process(kafka_bootstrap, topic_prefix, state, log)
         try:
+            # The killed instances may have emitted everything already: without this
+            # wait the SIGTERM below can come before the handlers are in place.
+            wait_started(proc, log, started)
             wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix, timeout=120)
         finally:
             proc.send_signal(signal.SIGTERM)
