@@ -8,7 +8,7 @@ exactly what would be sent to a store.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -331,14 +331,29 @@ def test_transient_failure_undoes_and_retries_the_same_changes() -> None:
     assert {k: v for k, v in backend.kv.items() if k != PULSE} == full_layout(sink.catalog)
 
 
+def restarted(
+    backend: MemoryBackend,
+    state: Path,
+    *records: DocumentMessage | RawRecord,
+    meanwhile: Callable[[Path], None] | None = None,
+) -> EdgeKvSink:
+    """A sink on the state file ``state`` that took ``records`` and stopped, then (after
+    ``meanwhile(state)``) a new sink opened on the same file: a restart."""
+    sink = EdgeKvSink(backend, state, page_size=2)
+    sink.open()
+    apply(sink, *records)
+    sink.close()
+    if meanwhile is not None:
+        meanwhile(state)
+    again = EdgeKvSink(backend, state, page_size=2)
+    again.open()
+    return again
+
+
 def test_state_survives_a_restart(tmp_path: Path) -> None:
     backend = MemoryBackend()
-    sink = EdgeKvSink(backend, tmp_path / "state", page_size=2)
-    sink.open()
-    apply(sink, *(msg(category(c), c, 1) for c in CATEGORIES), msg(product(1), 1, 1))
-    sink.close()
-    again = EdgeKvSink(backend, tmp_path / "state", page_size=2)
-    again.open()
+    recs = [msg(category(c), c, 1) for c in CATEGORIES]
+    again = restarted(backend, tmp_path / "state", *recs, msg(product(1), 1, 1))
     calls = len(backend.calls)
     apply(again, msg(product(1), 1, 1))  # redelivered after the restart
     assert len(backend.calls) == calls
@@ -349,15 +364,9 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
 
 def test_only_facts_stay_in_memory_and_documents_are_read_back(tmp_path: Path) -> None:
     backend = MemoryBackend()
-    sink = EdgeKvSink(backend, tmp_path / "state", page_size=2)
-    sink.open()
     recs = [msg(category(c), c, 1) for c in CATEGORIES] + [msg(product(p), p, 1) for p in (1, 2)]
-    apply(sink, *recs, raw("stores", 1, STORE, 1))
-    assert sink.catalog.documents_held == 0  # saved: only the facts are kept
-    sink.close()
-    again = EdgeKvSink(backend, tmp_path / "state", page_size=2)
-    again.open()
-    assert again.catalog.documents_held == 0
+    again = restarted(backend, tmp_path / "state", *recs, raw("stores", 1, STORE, 1))
+    assert again.catalog.documents_held == 0  # loaded: only the facts
     assert sorted(again.catalog.products) == [1, 2]
     # Product 2's price changes: the listing page is rebuilt from product 1's facts, the
     # product key from the new document; every key still equals a from-scratch layout,
@@ -371,6 +380,7 @@ def test_only_facts_stay_in_memory_and_documents_are_read_back(tmp_path: Path) -
     assert [
         p["price"] for p in json.loads(backend.kv["main:products:category:2:page:1"])["products"]
     ] == ["10.00", "7.00"]
+    assert again.catalog.documents_held == 0  # saved: the new document is let go too
     assert {k: v for k, v in backend.kv.items() if k != PULSE} == full_layout(again.catalog)
     again.close()
 
@@ -379,15 +389,15 @@ def test_a_state_file_without_facts_is_upgraded(tmp_path: Path) -> None:
     """A state file written before the ``facts`` column existed."""
     import sqlite3
 
+    def drop_facts(state: Path) -> None:
+        with sqlite3.connect(state) as db:
+            db.execute("ALTER TABLE entities DROP COLUMN facts")
+
     backend = MemoryBackend()
-    sink = EdgeKvSink(backend, tmp_path / "state", page_size=2)
-    sink.open()
-    apply(sink, *(msg(category(c), c, 1) for c in CATEGORIES), msg(product(1), 1, 1))
-    sink.close()
-    with sqlite3.connect(tmp_path / "state") as db:
-        db.execute("ALTER TABLE entities DROP COLUMN facts")
-    again = EdgeKvSink(backend, tmp_path / "state", page_size=2)
-    again.open()
+    recs = [msg(category(c), c, 1) for c in CATEGORIES]
+    again = restarted(
+        backend, tmp_path / "state", *recs, msg(product(1), 1, 1), meanwhile=drop_facts
+    )
     calls = len(backend.calls)
     apply(again, msg(product(1), 1, 1))  # redelivered: nothing to write
     assert len(backend.calls) == calls
