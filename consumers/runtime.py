@@ -597,9 +597,14 @@ class ConsumerRuntime:
             marks = self.consumer.get_watermark_offsets(tp, cached=True)
             if marks is None or tp.offset < 0 or marks[1] < 0:
                 continue  # nothing fetched (or consumed) there yet: no figure to give
-            low, high = marks
-            lag = max(0, high - max(low, tp.offset))
-            self.metrics.lag.labels(self.sink.name, tp.topic, str(tp.partition)).set(lag)
+            self._set_lag(tp, marks, tp.offset)
+
+    def _set_lag(self, tp: TopicPartition, marks: tuple[int, int], position: int) -> int:
+        """Set the lag gauge of ``tp`` from its watermarks and a position (< 0: none)."""
+        low, high = marks
+        lag = max(0, high - max(low, position if position >= 0 else low))
+        self.metrics.lag.labels(self.sink.name, tp.topic, str(tp.partition)).set(lag)
+        return lag
 
     def _at_end(self) -> bool:
         assignment = self.consumer.assignment()
@@ -619,9 +624,6 @@ class ConsumerRuntime:
             return False
         behind = False
         for tp in assignment:
-            low, high = ends[tp]
-            pos = committed.get((tp.topic, tp.partition), -1)
-            lag = max(0, high - max(low, pos if pos >= 0 else low))
-            self.metrics.lag.labels(self.sink.name, tp.topic, str(tp.partition)).set(lag)
+            lag = self._set_lag(tp, ends[tp], committed.get((tp.topic, tp.partition), -1))
             behind = behind or lag > 0
         return not behind

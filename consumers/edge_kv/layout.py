@@ -184,11 +184,7 @@ class ProductFacts:
         )
 
     def to_json(self) -> str:
-        return json.dumps(
-            [self.store_code, self.url_key, self.active, self.categories, self.summary],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        return dumps([self.store_code, self.url_key, self.active, self.categories, self.summary])
 
     @classmethod
     def from_json(cls, text: str) -> ProductFacts:

@@ -215,7 +215,8 @@ class EdgeKvSink:
             else:
                 undo.append((kind, ident, catalog.get(kind, ident)))
             scopes.update(catalog.put(kind, ident, value))
-            changed[(kind, ident)] = entity(kind, ident, version, value)
+            facts = catalog.products.get(ident) if kind == "product" else None
+            changed[(kind, ident)] = entity(kind, ident, version, value, facts)
 
         def known_version(kind: str, ident: int) -> int:
             entry = changed.get((kind, ident))

@@ -58,12 +58,17 @@ Entity = tuple[Kind, int, int, str | None, str | None]
 """An ``entities`` row to save: kind, id, version, body, facts."""
 
 
-def entity(kind: Kind, ident: int, version: int, value: Any) -> Entity:
-    """The ``entities`` row of ``value`` (``None``: deleted)."""
-    facts = None
-    if kind == "product" and value is not None:
-        facts = ProductFacts.of(value).to_json()
-    return (kind, ident, version, encode_body(kind, value), facts)
+def entity(
+    kind: Kind, ident: int, version: int, value: Any, facts: ProductFacts | None = None
+) -> Entity:
+    """The ``entities`` row of ``value`` (``None``: deleted); ``facts``: a product's."""
+    return (
+        kind,
+        ident,
+        version,
+        encode_body(kind, value),
+        None if facts is None else facts.to_json(),
+    )
 
 
 def decode_body(kind: Kind, body: str | None) -> Any:
@@ -117,7 +122,7 @@ class SinkState:
             if value is not None:
                 catalog.put(kind, ident, value)
                 if kind == "product":
-                    missing.append((ProductFacts.of(value).to_json(), ident))
+                    missing.append((catalog.products[ident].to_json(), ident))
         if missing:
             self.db.executemany(
                 "UPDATE entities SET facts = ? WHERE kind = 'product' AND id = ?", missing

@@ -155,6 +155,10 @@ _NATIVE: Final = frozenset({str, int, bool, type(None)})
 differently: those rows take the standard encoder)."""
 
 
+_Lsns = tuple[int, int, int, int, int, int]
+"""``(rlsn, rts, plsn, pts, klsn, kts)`` of a row."""
+
+
 class AssemblerState:
     """The SQLite state file (see the module docstring).  One writer; not thread-safe."""
 
@@ -172,7 +176,7 @@ class AssemblerState:
         self.category_klsns: dict[int, tuple[int, int]] = {}
         self._reload_globals()
         self._in_tx = False
-        self._read: tuple[str, str, tuple[int, ...]] | None = None
+        self._read: tuple[str, str, _Lsns] | None = None
         """The LSN columns of the row :meth:`row` read last (until a write)."""
 
     def close(self) -> None:
@@ -247,10 +251,11 @@ class AssemblerState:
         if found is None:
             self._read = (tbl, key, (0, 0, 0, 0, 0, 0))
             return None
-        self._read = (tbl, key, tuple(int(v) for v in found[2:]))
+        _, _, a, b, c, d, e, f = found
+        self._read = (tbl, key, (int(a), int(b), int(c), int(d), int(e), int(f)))
         return int(found[0]), (None if found[1] is None else loads(found[1]))
 
-    def _lsns(self, tbl: str, key: str) -> tuple[int, ...]:
+    def _lsns(self, tbl: str, key: str) -> _Lsns:
         """``(rlsn, rts, plsn, pts, klsn, kts)`` of a row (zeros if never seen)."""
         read = self._read
         if read is not None and read[0] == tbl and read[1] == key:
@@ -259,22 +264,19 @@ class AssemblerState:
             "SELECT rlsn, rts, plsn, pts, klsn, kts FROM rows WHERE tbl = ? AND key = ?",
             (tbl, key),
         ).fetchone()
-        return (0, 0, 0, 0, 0, 0) if found is None else tuple(int(v) for v in found)
+        if found is None:
+            return (0, 0, 0, 0, 0, 0)
+        a, b, c, d, e, f = (int(v) for v in found)
+        return a, b, c, d, e, f
 
     def relevant_lsn(self, tbl: str, key: str) -> tuple[int, int]:
         """``(rlsn, rts)`` of a stored row (``(0, 0)`` if never seen)."""
-        found = self.db.execute(
-            "SELECT rlsn, rts FROM rows WHERE tbl = ? AND key = ?", (tbl, key)
-        ).fetchone()
-        return (0, 0) if found is None else (int(found[0]), int(found[1]))
+        rlsn, rts, *_ = self._lsns(tbl, key)
+        return rlsn, rts
 
     def _plsn(self, tbl: str, key: str) -> tuple[int, int, int, int]:
-        found = self.db.execute(
-            "SELECT plsn, pts, klsn, kts FROM rows WHERE tbl = ? AND key = ?", (tbl, key)
-        ).fetchone()
-        if found is None:
-            return (0, 0, 0, 0)
-        return int(found[0]), int(found[1]), int(found[2]), int(found[3])
+        _, _, plsn, pts, klsn, kts = self._lsns(tbl, key)
+        return plsn, pts, klsn, kts
 
     def product_rows(
         self, product_id: int
@@ -332,10 +334,9 @@ class AssemblerState:
         """Store a row; ``relevant`` = ``(lsn, ts)`` of this change when a document shows
         it (``None``: keep the row's ``rlsn``), ``path`` and ``url_key`` the same for
         ``plsn`` and ``klsn`` (categories)."""
-        known = self._lsns(tbl, key)
+        known_rlsn, known_rts, plsn, pts, klsn, kts = self._lsns(tbl, key)
         self._read = None
-        rlsn, rts = relevant if relevant is not None else (known[0], known[1])
-        plsn, pts, klsn, kts = known[2:]
+        rlsn, rts = relevant if relevant is not None else (known_rlsn, known_rts)
         if path is not None:
             plsn, pts = path
         if url_key is not None:
