@@ -44,6 +44,15 @@ def register(sub: Any) -> None:
         "spares the CPU an idle consumer burns on brokers that answer empty fetches at once",
     )
     p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="rejoin the group with a new Kafka client when Kafka holds messages for this "
+        "consumer and none arrive this long; a second stall in a row exits 1 (default 60; "
+        "0 = never)",
+    )
+    p.add_argument(
         "--exit-when-idle",
         type=float,
         metavar="SECONDS",
@@ -127,6 +136,7 @@ def _consume(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             group=args.group,
             idle_pause=args.idle_pause,
+            stall_timeout=args.stall_timeout,
             instance_id=_instance_id(args, conns.topic_prefix),
         ),
         schema_registry_url=conns.schema_registry_url,

@@ -172,6 +172,29 @@ class RuntimeSettings:
     id takes its partitions back at once instead of waiting for the dead member to time
     out (on noida-db a dead dynamic member is never dropped).  Two live consumers must
     not share one.  ``catalog-cdc consume`` sets ``{host}-{group}`` by default."""
+    idle_check: float = 5.0
+    """Seconds between the idle consumer's checks of where it stands (its lag gauge, and
+    the stall watch below), also once it has caught up."""
+    stall_timeout: float = 60.0
+    """Seconds a consumer may stand still while Kafka holds more for it before it leaves
+    the group and joins again with a new Kafka client (``event=consumer_stalled``); a
+    second stall in a row stops it (exit 1: ``catalog-cdc run`` restarts it).  Standing
+    still: no message arrives while a partition it owns has messages past its fetch
+    position, or, owning none, while its group's committed offsets stay behind the end
+    and do not move.  ``0``: never."""
+
+
+@dataclass
+class _StallWatch:
+    since: float | None = None
+    """When the idle consumer was first seen behind with nothing arriving."""
+    committed: dict[tuple[str, int], int] | None = None
+    """The group's committed offsets at the last check (a consumer owning no partition)."""
+    rejoined: bool = False
+    """A rejoin happened and no message has arrived since."""
+
+    def moved(self) -> None:
+        self.since, self.rejoined = None, False
 
 
 @dataclass
@@ -257,6 +280,8 @@ class ConsumerRuntime:
         self.stats = {"batches": 0, "records": 0, "retries": 0, "dead_letters": 0}
         self._failed_commits = 0
         self._lag_updated = 0.0
+        self._checked = 0.0
+        self._stall = _StallWatch()
         self.caught_up = threading.Event()
         self._sleep = sleep
         self._on_batch = on_batch
@@ -296,7 +321,8 @@ class ConsumerRuntime:
                 "group.instance.id": self.settings.instance_id,
                 "session.timeout.ms": 10000,
             }
-        self.consumer = Consumer(consumer_config(self.bootstrap, self.group, **group_config))
+        self._consumer_config = consumer_config(self.bootstrap, self.group, **group_config)
+        self.consumer = Consumer(self._consumer_config)
         if self.settings.metrics_port is not None:
             start_http_server(
                 self.settings.metrics_port, addr=metrics_address(), registry=self.metrics.registry
@@ -304,6 +330,7 @@ class ConsumerRuntime:
         self._wait_for_topics(topics, stop)
         if stop.is_set():
             return
+        self._topics = topics
         self.consumer.subscribe(topics)
         log.info("event=consumer_started consumer=%s group=%s topics=%s", self.sink.name,
                  self.group, ",".join(topics))  # fmt: skip
@@ -350,12 +377,14 @@ class ConsumerRuntime:
             msgs = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout)
             if not msgs:
                 pause_while_idle([self.consumer], self.settings.idle_pause, stop.wait)
-                idle = time.monotonic() - idle_since > 0.5
-                if idle and not self.caught_up.is_set() and self._at_end():
-                    self.caught_up.set()
-                    log.info("event=caught_up consumer=%s", self.sink.name)
+                now = time.monotonic()
+                if now - idle_since > 0.5 and (
+                    not self.caught_up.is_set() or now - self._checked >= self.settings.idle_check
+                ):
+                    self._idle_check(now)
                 continue
             self.caught_up.clear()
+            self._stall.moved()
             idle_since = time.monotonic()
             self._batch(msgs)
             self._busy_lag()
@@ -605,6 +634,83 @@ class ConsumerRuntime:
         lag = max(0, high - max(low, position if position >= 0 else low))
         self.metrics.lag.labels(self.sink.name, tp.topic, str(tp.partition)).set(lag)
         return lag
+
+    def _idle_check(self, now: float) -> None:
+        """Idle: caught up yet?  (And, while behind, standing still for too long?)"""
+        self._checked = now
+        if self._at_end():
+            self._stall.moved()
+            if not self.caught_up.is_set():
+                self.caught_up.set()
+                log.info("event=caught_up consumer=%s", self.sink.name)
+            return
+        self.caught_up.clear()
+        timeout = self.settings.stall_timeout
+        if timeout <= 0:
+            return
+        behind = self._stalled_where()
+        if behind is None:
+            self._stall.since = None  # the broker did not answer, or the group moved
+            return
+        if self._stall.since is None:
+            self._stall.since = now
+        elif now - self._stall.since >= timeout:
+            self._rejoin(behind, now - self._stall.since)
+
+    def _stalled_where(self) -> str | None:
+        """Where Kafka holds more for this consumer than it gets: its partitions with
+        messages past the fetch position; owning none, the group's partitions whose
+        committed offset is behind the end and has not moved since the last check.
+        ``None``: nothing of the kind (or the broker did not answer)."""
+        try:
+            assignment = self.consumer.assignment()
+            if assignment:
+                behind = []
+                for tp in self.consumer.position(assignment):
+                    if tp.offset < 0:
+                        continue  # not fetched yet: the committed offset says (lag gauge)
+                    _, high = self.consumer.get_watermark_offsets(tp, cached=False, timeout=5)
+                    if tp.offset < high:
+                        behind.append(f"{tp.topic}[{tp.partition}]@{tp.offset}<{high}")
+                return ",".join(behind) or None
+            meta = self.consumer.list_topics(timeout=5).topics
+            everything = [
+                TopicPartition(t, p) for t in self._topics if t in meta for p in meta[t].partitions
+            ]
+            committed = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in self.consumer.committed(everything, timeout=10)
+            }
+            waiting = []
+            for tp in everything:
+                low, high = self.consumer.get_watermark_offsets(tp, cached=False, timeout=5)
+                at = committed.get((tp.topic, tp.partition), -1)
+                if max(low, at) < high:
+                    waiting.append(f"{tp.topic}[{tp.partition}]@{at}<{high}")
+        except KafkaException:
+            return None
+        if not waiting or self._stall.committed != committed:
+            self._stall.committed = committed
+            return None  # another member is working through it (or nothing to do)
+        return "unassigned:" + ",".join(waiting)
+
+    def _rejoin(self, behind: str, seconds: float) -> None:
+        """Leave the group and join it again with a new Kafka client; a second stall in a
+        row stops the consumer (its supervisor starts a new process)."""
+        self.stats["stalls"] = self.stats.get("stalls", 0) + 1
+        if self._stall.rejoined:
+            raise SinkError(
+                f"stalled again for {seconds:.0f} s after a rejoin (behind: {behind}); "
+                "stopping so that a new process takes over"
+            )
+        log.warning(
+            "event=consumer_stalled consumer=%s seconds=%.0f behind=%s action=rejoin",
+            self.sink.name, seconds, behind,
+        )  # fmt: skip
+        self.consumer.close()
+        self.consumer = Consumer(self._consumer_config)
+        self.consumer.subscribe(self._topics)
+        self._stall = _StallWatch(rejoined=True)
 
     def _at_end(self) -> bool:
         assignment = self.consumer.assignment()

@@ -325,3 +325,63 @@ def test_the_lag_gauge_moves_while_the_consumer_is_busy(
     assert max(busy) > 100  # 300 records, 20 a batch of 0.25 s: far behind at first
     assert busy[-1] < max(busy)  # and it came down as the backlog was worked off
     assert _lag(runtime) == 0  # caught up: the broker's answer
+
+
+def _stall_runtime(bootstrap: str, prefix: str) -> ConsumerRuntime:
+    return ConsumerRuntime(
+        MemorySink(),
+        bootstrap=bootstrap,
+        topic_prefix=prefix,
+        # no idle pause: the test's own pause below must not be undone by the runtime's
+        settings=RuntimeSettings(idle_pause=0, idle_check=0.3, stall_timeout=2.0),
+    )
+
+
+def _wait_for(runtime: ConsumerRuntime, ids: set[int], seconds: float = 60) -> None:
+    sink = runtime.sink
+    assert isinstance(sink, MemorySink)
+    deadline = time.monotonic() + seconds
+    while not ids <= set(sink.store) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ids <= set(sink.store), f"missing {sorted(ids - set(sink.store))}: {runtime.stats}"
+
+
+def test_a_consumer_whose_fetcher_stands_still_rejoins_the_group(
+    kafka_bootstrap: str, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kafka holds messages for the consumer, and its client does not fetch them (here:
+    its partitions paused behind its back, as a fetcher wedged by a broker stall looks):
+    after ``stall_timeout`` it says so and joins again with a new client, which gets
+    them.  Idle and caught up, it never does."""
+    _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, 10 + i)) for i in range(1, 6)])
+    runtime = _stall_runtime(kafka_bootstrap, topic_prefix)
+    with caplog.at_level("INFO", logger="consumers.runtime"), running(runtime):
+        _wait_for(runtime, set(range(1, 6)))
+        assert runtime.caught_up.wait(30)
+        time.sleep(3.0)  # idle, at the end, longer than stall_timeout: no rejoin
+        assert "stalls" not in runtime.stats
+        runtime.consumer.pause(runtime.consumer.assignment())
+        _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, 10 + i)) for i in range(6, 11)])
+        _wait_for(runtime, set(range(1, 11)))
+        assert runtime.caught_up.wait(30)
+    assert runtime.stats["stalls"] == 1
+    assert "event=consumer_stalled consumer=memory" in caplog.text
+    assert "action=rejoin" in caplog.text
+
+
+def test_a_consumer_left_without_partitions_while_its_group_is_behind_rejoins(
+    kafka_bootstrap: str, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The consumer owns nothing (here: unassigned behind its back; on noida-db, a dead
+    member that keeps the partitions) while its group's committed offsets stay behind
+    the end: it joins again and gets the partitions."""
+    _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, 10 + i)) for i in range(1, 4)])
+    runtime = _stall_runtime(kafka_bootstrap, topic_prefix)
+    with caplog.at_level("INFO", logger="consumers.runtime"), running(runtime):
+        _wait_for(runtime, {1, 2, 3})
+        assert runtime.caught_up.wait(30)
+        runtime.consumer.unassign()
+        _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, 10 + i)) for i in range(4, 8)])
+        _wait_for(runtime, set(range(1, 8)))
+    assert runtime.stats["stalls"] == 1
+    assert "behind=unassigned:" in caplog.text
