@@ -192,6 +192,8 @@ class _StallWatch:
     """The group's committed offsets at the last check (a consumer owning no partition)."""
     rejoined: bool = False
     """A rejoin happened and no message has arrived since."""
+    looked: float = 0.0
+    """When the last look for a stall was (``time.monotonic()``)."""
 
     def moved(self) -> None:
         self.since, self.rejoined = None, False
@@ -282,6 +284,8 @@ class ConsumerRuntime:
         self._lag_updated = 0.0
         self._checked = 0.0
         self._stall = _StallWatch()
+        self._ends: dict[TopicPartition, tuple[int, int]] = {}
+        """The partitions' watermarks at the last idle check (:meth:`_at_end`)."""
         self.caught_up = threading.Event()
         self._sleep = sleep
         self._on_batch = on_batch
@@ -636,7 +640,8 @@ class ConsumerRuntime:
         return lag
 
     def _idle_check(self, now: float) -> None:
-        """Idle: caught up yet?  (And, while behind, standing still for too long?)"""
+        """Idle: caught up yet?  (And, while behind, standing still for too long?  That
+        is looked at every ``idle_check`` seconds, from the watermarks just fetched.)"""
         self._checked = now
         if self._at_end():
             self._stall.moved()
@@ -646,8 +651,9 @@ class ConsumerRuntime:
             return
         self.caught_up.clear()
         timeout = self.settings.stall_timeout
-        if timeout <= 0:
+        if timeout <= 0 or now - self._stall.looked < self.settings.idle_check:
             return
+        self._stall.looked = now
         behind = self._stalled_where()
         if behind is None:
             self._stall.since = None  # the broker did not answer, or the group moved
@@ -667,9 +673,10 @@ class ConsumerRuntime:
             if assignment:
                 behind = []
                 for tp in self.consumer.position(assignment):
-                    if tp.offset < 0:
+                    marks = self._ends.get(tp)
+                    if tp.offset < 0 or marks is None:
                         continue  # not fetched yet: the committed offset says (lag gauge)
-                    _, high = self.consumer.get_watermark_offsets(tp, cached=False, timeout=5)
+                    high = marks[1]
                     if tp.offset < high:
                         behind.append(f"{tp.topic}[{tp.partition}]@{tp.offset}<{high}")
                 return ",".join(behind) or None
@@ -696,9 +703,13 @@ class ConsumerRuntime:
 
     def _rejoin(self, behind: str, seconds: float) -> None:
         """Leave the group and join it again with a new Kafka client; a second stall in a
-        row stops the consumer (its supervisor starts a new process)."""
+        row on partitions it owns stops the consumer (its supervisor starts a new
+        process).  Owning none, it only rejoins: with more members than partitions, a
+        spare member rejoins each ``stall_timeout`` while the owner is stuck (e.g.
+        retrying a target that is down), harmlessly."""
         self.stats["stalls"] = self.stats.get("stalls", 0) + 1
-        if self._stall.rejoined:
+        spare = behind.startswith("unassigned:")  # a new process would not own more
+        if self._stall.rejoined and not spare:
             raise SinkError(
                 f"stalled again for {seconds:.0f} s after a rejoin (behind: {behind}); "
                 "stopping so that a new process takes over"
@@ -710,7 +721,7 @@ class ConsumerRuntime:
         self.consumer.close()
         self.consumer = Consumer(self._consumer_config)
         self.consumer.subscribe(self._topics)
-        self._stall = _StallWatch(rejoined=True)
+        self._stall = _StallWatch(rejoined=not spare)
 
     def _at_end(self) -> bool:
         assignment = self.consumer.assignment()
@@ -725,6 +736,7 @@ class ConsumerRuntime:
                 tp: self.consumer.get_watermark_offsets(tp, cached=False, timeout=5)
                 for tp in assignment
             }
+            self._ends = ends
         except KafkaException as exc:  # the broker is slow or away: not at the end (yet)
             log.warning("event=lag_check_failed consumer=%s error=%s", self.sink.name, exc)
             return False
