@@ -739,6 +739,7 @@ class ConsumerRuntime:
             self._ends = ends
         except KafkaException as exc:  # the broker is slow or away: not at the end (yet)
             log.warning("event=lag_check_failed consumer=%s error=%s", self.sink.name, exc)
+            self._ends = {}  # no ends known: the stall watch does not judge on old ones
             return False
         behind = False
         for tp in assignment:
