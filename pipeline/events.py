@@ -98,7 +98,9 @@ class Source:
     schema: str
     table: str
     lsn: int
-    """LSN of the change (commit LSN for streamed rows; snapshot LSN for reads)."""
+    """Commit LSN of the change's transaction for streamed rows (LSN order is commit
+    order); the consistent point for initial snapshot reads, the high watermark's
+    commit LSN for re-snapshot reads."""
     tx_id: int | None
     ts_ms: int
     """Commit time of the transaction, milliseconds since the epoch."""

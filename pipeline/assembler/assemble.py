@@ -38,8 +38,10 @@ in a product's paths only their name, url key and parent).  That is a function o
 rows alone, so a rebuild gives the versions of the incremental run.  A document is
 emitted when its content changed or that LSN rose, with ``max(LSN, last version + 1)``:
 per key, versions strictly increase.  The ``+ 1`` only happens when a change from
-another topic arrives after a newer one was emitted (cross-topic order is not global);
-it stays far below the next real LSN (every WAL record is longer than one byte).  A
+another topic arrives after a newer one was emitted (cross-topic order is not global)
+or a transaction's changes to one product span batches (events carry their
+transaction's commit LSN); it stays far below the next real LSN (the next
+transaction's commit record, every WAL record being longer than one byte).  A
 rebuilt state, or an instance taking partitions over, first loads the versions and
 hashes last emitted (the service reads them from the document topics' headers), so
 such a bump is never undone: see ``quiet`` and ``force`` of :class:`Batch`.

@@ -11,7 +11,11 @@ interleaved with the live stream:
 
 When the stream reaches the low watermark a window opens; every live change seen in
 the window to a key of the chunk removes that key from the chunk (the live event is
-newer than, or equal to, what the chunk read).  At the high watermark the rest of
+newer than, or equal to, what the chunk read).  So does a change before the window of
+a transaction the chunk's read did not see: in PostgreSQL a transaction's commit
+record can precede the low watermark's in the WAL while it becomes visible only after
+the read (commit order and visibility order differ), so the chunk is read in a
+snapshot whose running transactions are remembered.  At the high watermark the rest of
 the chunk is emitted as ``op='r'`` events (``snapshot='incremental'``).  So a stale
 chunk row never overwrites a newer live change, and nothing is missed.
 
@@ -47,6 +51,26 @@ OPEN = "snapshot-window-open"
 CLOSE = "snapshot-window-close"
 
 
+@dataclass(frozen=True)
+class Seen:
+    """The transactions a snapshot sees (``pg_current_snapshot()``), by 32-bit xid as
+    pgoutput gives them: those committed before it that precede ``xmax`` and were not
+    running when it was taken."""
+
+    xmax: int
+    running: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> Seen:
+        """From ``xmin:xmax:xip,...`` (64-bit, epoch included)."""
+        _, xmax, xip = text.split(":")
+        return cls(int(xmax) % 2**32, frozenset(int(x) % 2**32 for x in xip.split(",") if x))
+
+    def saw(self, xid: int) -> bool:
+        precedes = ((xid - self.xmax) % 2**32) >= 2**31  # xid < xmax, modulo wraparound
+        return precedes and xid not in self.running
+
+
 @dataclass
 class _Chunk:
     id: str
@@ -55,7 +79,13 @@ class _Chunk:
     rows: dict[tuple[Any, ...], Row]
     last_key: tuple[bytes | None, ...] | None
     size: int
+    seen: Seen
     window_open: bool = False
+
+    def stale_by(self, xid: int | None) -> bool:
+        """Whether a change of transaction ``xid`` read now is newer than the chunk's
+        rows: inside the window always; before it, if the chunk's read did not see it."""
+        return self.window_open or (xid is not None and not self.seen.saw(xid))
 
 
 @dataclass
@@ -104,25 +134,28 @@ class IncrementalSnapshot:
         elif kind == OPEN and self.chunk is not None and data.get("chunk") == self.chunk.id:
             self.chunk.window_open = True
         elif kind == CLOSE and self.chunk is not None and data.get("chunk") == self.chunk.id:
-            self._emit_chunk(lsn)
+            self._emit_chunk()
 
     def watching(self, schema: TableSchema) -> bool:
-        """True while a chunk window of ``schema``'s table is open (changes must be seen)."""
+        """True while changes of ``schema``'s table can make chunk rows stale (they must be
+        passed to :meth:`on_change`): in its window, or from a transaction its read did
+        not see."""
         chunk = self.chunk
         return (
             chunk is not None
-            and chunk.window_open
             and bool(chunk.rows)
+            and chunk.stale_by(self.reader._tx_xid)
             and (schema.schema, schema.table) == (chunk.schema.schema, chunk.schema.table)
         )
 
     def on_change(self, schema: TableSchema, before: Row | None, after: Row | None) -> None:
-        """A live change in the window: its keys leave the chunk (the live event is newer).
+        """A live change newer than the chunk (see :meth:`watching`): its keys leave the
+        chunk (the live event is newer).
 
         ``before``/``after`` need only hold the primary-key columns.
         """
         chunk = self.chunk
-        if chunk is None or not chunk.window_open or not chunk.rows:
+        if chunk is None or not chunk.rows or not chunk.stale_by(self.reader._tx_xid):
             return
         if (schema.schema, schema.table) != (chunk.schema.schema, chunk.schema.table):
             return
@@ -157,7 +190,11 @@ class IncrementalSnapshot:
         chunk_id = uuid.uuid4().hex
         self._watermark(OPEN, chunk_id, qualified)
         size = self.reader.settings.snapshot_chunk_size
-        raw_rows = read_chunk(self.conn, shape, after=self.after, limit=size)
+        with self.conn.transaction():  # one snapshot: the one the rows are read in
+            self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            snapshot = self.conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+            raw_rows = read_chunk(self.conn, shape, after=self.after, limit=size)
+        assert snapshot is not None
         self._watermark(CLOSE, chunk_id, qualified)
         pk = self._pk(schema)
         rows: dict[tuple[Any, ...], Row] = {}
@@ -165,13 +202,20 @@ class IncrementalSnapshot:
             row = self.cache.row(rel.relation_id, raw)
             rows[tuple(row.get(k) for k in pk)] = row
         last_key = tuple(_text(raw_rows[-1][i]) for i in shape.key_positions) if raw_rows else None
-        self.chunk = _Chunk(chunk_id, shape, schema, rows, last_key, len(raw_rows))
+        self.chunk = _Chunk(
+            chunk_id, shape, schema, rows, last_key, len(raw_rows), Seen.parse(str(snapshot[0]))
+        )
 
-    def _emit_chunk(self, lsn: int) -> None:
+    def _emit_chunk(self) -> None:
+        """The rows left in the chunk, as of the high watermark: their ``source.lsn`` is
+        its commit LSN, below that of every transaction committed after it (whose
+        changes are newer than what the chunk read) and above that of every one
+        committed before."""
         chunk = self.chunk
         assert chunk is not None
         tx = self.reader._tx
         assert tx is not None
+        lsn = self.reader._tx_lsn
         for row in chunk.rows.values():
             self.reader._emit(tx, chunk.schema, "r", None, row, lsn, None, _now_ms(), "incremental")
         self.table_rows += len(chunk.rows)

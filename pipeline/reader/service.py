@@ -143,6 +143,11 @@ class Reader:
         """Schema-qualified names of the tables whose changes become events."""
         self._tx: _Tx | None = None
         self._tx_xid: int | None = None
+        self._tx_lsn = 0
+        """The commit LSN of the transaction being read: every event of it carries this
+        ``source.lsn``, so LSN order is commit order (a change record's own LSN is not:
+        a transaction that wrote a row before a re-snapshot chunk read it, and committed
+        after, has a lower one than the chunk row it is newer than)."""
         self._tx_ts_ms = 0
         self._ts_ms = 0
         """The events' ``ts_ms`` on the streaming hot path (refreshed every few ms)."""
@@ -521,6 +526,7 @@ class Reader:
     def _on_begin(self, msg: po.Begin, x: XLogData) -> None:
         self._tx = self.tracker.begin()
         self._tx_xid = msg.xid
+        self._tx_lsn = msg.final_lsn
         self._tx_ts_ms = msg.commit_ts_ms
 
     def _on_commit(self, msg: po.Commit, x: XLogData) -> None:
@@ -658,7 +664,7 @@ class Reader:
         ):
             # Parse and encode in one pass; None: the general way below decides.
             fused = entry.enc.insert_event(
-                payload, self._db, lsn, self._tx_xid, self._tx_ts_ms, "false", self._ts_ms
+                payload, self._db, self._tx_lsn, self._tx_xid, self._tx_ts_ms, "false", self._ts_ms
             )
         value_bytes: bytes | None
         if fused is not None:
@@ -682,8 +688,8 @@ class Reader:
         try:
             if value_bytes is None:
                 value_bytes = enc.event(
-                    "c", None, None, new, self._db, lsn, self._tx_xid, self._tx_ts_ms, "false",
-                    self._ts_ms,
+                    "c", None, None, new, self._db, self._tx_lsn, self._tx_xid,
+                    self._tx_ts_ms, "false", self._ts_ms,
                 )  # fmt: skip
             key_bytes = enc.key(new)
             pindex = entry.pindex
@@ -740,7 +746,7 @@ class Reader:
             assert self.incremental is not None
             self.incremental.on_signal(self._row(msg.relation_id, msg.new), x.data_start)
             return
-        self._change(schema, "c", None, None, msg.new, x.data_start)
+        self._change(schema, "c", None, None, msg.new)
 
     def _on_update(self, msg: po.Update, x: XLogData) -> None:
         schema = self.cache.schema(msg.relation_id)
@@ -758,12 +764,12 @@ class Reader:
                 # variant given to another product): the old key is deleted on its
                 # partition, the new row created on its own. Consumers of the old
                 # partition (an assembler instance) then see the row leave.
-                self._change(schema, "d", old, kind, None, x.data_start)
-                self._change(schema, "c", None, None, enc.fill_toast(new, old, kind), x.data_start)
+                self._change(schema, "d", old, kind, None)
+                self._change(schema, "c", None, None, enc.fill_toast(new, old, kind))
                 return
             if kind == "O":
                 new = enc.fill_toast(new, old, kind)
-        self._change(schema, "u", old, kind, new, x.data_start)
+        self._change(schema, "u", old, kind, new)
 
     def _moves_partition(
         self, schema: TableSchema, enc: Any, old: po.RawTuple, new: po.RawTuple
@@ -785,7 +791,7 @@ class Reader:
         schema = self.cache.schema(msg.relation_id)
         if self._is_signal(schema):
             return
-        self._change(schema, "d", msg.old, msg.old_kind, None, x.data_start)
+        self._change(schema, "d", msg.old, msg.old_kind, None)
 
     def _on_truncate(self, msg: po.Truncate, x: XLogData) -> None:
         assert self._tx is not None
@@ -800,7 +806,7 @@ class Reader:
                     self._db,
                     schema.schema,
                     schema.table,
-                    x.data_start,
+                    self._tx_lsn,
                     self._tx_xid,
                     self._tx_ts_ms,
                     "false",
@@ -828,9 +834,9 @@ class Reader:
         before: po.RawTuple | None,
         before_kind: Any,
         after: po.RawTuple | None,
-        lsn: int,
     ) -> None:
-        """A streamed row change: encode straight from the raw tuples and produce it."""
+        """A streamed row change: encode straight from the raw tuples and produce it
+        (``source.lsn``: its transaction's commit LSN)."""
         assert self._tx is not None
         inc = self.incremental
         if inc is not None and inc.watching(schema):
@@ -847,7 +853,7 @@ class Reader:
             before,
             before_kind,
             after,
-            lsn,
+            self._tx_lsn,
             self._tx_xid,
             self._tx_ts_ms,
             "false",

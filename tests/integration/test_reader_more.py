@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from pipeline.demo.edits import run_edits
 from pipeline.demo.seed import seed_catalog
+from pipeline.reader.incremental import Seen
 from tests.integration.reader_support import (
     assert_topic_matches_table,
     read_events,
@@ -159,6 +160,75 @@ def test_incremental_resnapshot_while_streaming(
     assert left == (0,), "signal and watermark rows are cleaned up"
     for table in ("products", "product_variants"):
         assert_topic_matches_table(kafka_bootstrap, topic_prefix, catalog_dsn, table)
+
+
+def test_a_transaction_open_across_a_resnapshot_chunk_is_newer_than_the_chunk(
+    catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A transaction updates a row before a re-snapshot chunk reads it and commits after
+    the chunk's high watermark: the chunk (which read the old value) is emitted first,
+    the update after it.  Every event's LSN is its transaction's commit LSN, so the
+    update's is the higher too, and whoever orders by LSN (the assembler drops an event
+    older than the row it holds) keeps the update.  With the change record's own LSN
+    the update (written before the watermark) looked older than the chunk row."""
+    seed_catalog(catalog_dsn, products=10, seed=25)
+    with psycopg.connect(catalog_dsn) as conn:
+        row = conn.execute(
+            "SELECT id, quantity FROM product_variants ORDER BY id LIMIT 1"
+        ).fetchone()
+    assert row is not None
+    vid, qty = int(row[0]), int(row[1])
+    with running_reader(
+        catalog_dsn, kafka_bootstrap, topic_prefix, snapshot_mode="never", snapshot_chunk_size=1000
+    ) as reader:
+        with psycopg.connect(catalog_dsn) as open_tx, psycopg.connect(catalog_dsn) as signal:
+            open_tx.execute(
+                "UPDATE product_variants SET quantity = %s WHERE id = %s", (qty + 1000, vid)
+            )  # not committed yet: the chunk reads the old value
+            signal.execute(
+                "INSERT INTO catalog_cdc_signal (id, type, data) VALUES (%s, 'execute-snapshot', %s)",
+                ("resnap-open-tx", Jsonb({"tables": ["product_variants"]})),
+            )
+            signal.commit()
+            wait_for(
+                lambda: (
+                    reader.metrics.snapshot_rows._value.get() > 0
+                    and reader.incremental is not None
+                    and reader.incremental.confirm_ceiling is None
+                ),
+                60,
+                "re-snapshot to finish",
+            )
+            open_tx.commit()
+        wait_for(lambda: _caught_up(catalog_dsn, reader.settings.slot), 60, "catch-up")
+    events = read_events(kafka_bootstrap, topic_prefix, f"{topic_prefix}.public.product_variants")
+    mine = [(e.op, e.source.lsn, (e.after or {}).get("quantity")) for k, e, _, _ in events
+            if e is not None and k is not None and k.get("id") == vid]  # fmt: skip
+    assert [(op, q) for op, _, q in mine] == [("r", qty), ("u", qty + 1000)], mine
+    assert mine[0][1] < mine[1][1], f"the update's LSN is not above the chunk row's: {mine}"
+    assert_topic_matches_table(kafka_bootstrap, topic_prefix, catalog_dsn, "product_variants")
+
+
+def test_a_chunk_snapshot_tells_the_transactions_it_did_not_see(catalog_dsn: str) -> None:
+    """``Seen`` from the real ``pg_current_snapshot()`` of a repeatable-read read (as the
+    re-snapshot takes it): a transaction running then is not seen, even once it has
+    committed; one committed before is."""
+    with (
+        psycopg.connect(catalog_dsn) as before,
+        psycopg.connect(catalog_dsn) as running,
+        psycopg.connect(catalog_dsn, autocommit=True) as reading,
+    ):
+        done = before.execute("SELECT txid_current()").fetchone()
+        before.commit()
+        busy = running.execute("SELECT txid_current()").fetchone()
+        with reading.transaction():
+            reading.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            text = reading.execute("SELECT pg_current_snapshot()::text").fetchone()
+        running.commit()
+    assert done is not None and busy is not None and text is not None
+    seen = Seen.parse(str(text[0]))
+    assert seen.saw(int(done[0]) % 2**32)
+    assert not seen.saw(int(busy[0]) % 2**32)
 
 
 def test_metrics_endpoint(catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str) -> None:

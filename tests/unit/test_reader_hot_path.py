@@ -197,6 +197,9 @@ def test_hot_path_inserts_are_the_general_paths_messages(first: int) -> None:
     gen_reader, gen = _run(rows, general=True)
     assert len(hot.sent) == len(rows)
     assert _decoded(hot_reader, hot) == _decoded(gen_reader, gen)
+    # source.lsn is the commit LSN (Begin's final_lsn), not each change record's own.
+    lsns = {hot_reader.codec.decode(k, v).source.lsn for _, v, k, _ in hot.sent}  # type: ignore[union-attr]
+    assert lsns == {9_000}
     # Every event acknowledged -> the commit's end LSN is confirmable, nothing in flight.
     assert hot_reader.tracker.confirmable == gen_reader.tracker.confirmable == 9_100
     assert hot_reader.tracker.in_flight == 0

@@ -1,0 +1,67 @@
+"""The re-snapshot chunk's staleness rule, without a database: which live changes make
+a chunk row stale (the window, and transactions the chunk's read did not see)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pipeline.events import Column, TableSchema
+from pipeline.reader.incremental import IncrementalSnapshot, Seen, _Chunk
+
+SCHEMA = TableSchema(
+    1, "public", "product_variants", (Column("id", 20, is_key=True), Column("quantity", 23))
+)
+
+
+def test_seen_parses_pg_current_snapshot_and_follows_xid_wraparound() -> None:
+    seen = Seen.parse("100:110:100,104")
+    assert seen == Seen(110, frozenset({100, 104}))
+    seen_xids = [x for x in range(95, 115) if seen.saw(x)]
+    assert seen_xids == [95, 96, 97, 98, 99, 101, 102, 103, 105, 106, 107, 108, 109]
+    # 64-bit xids with an epoch; pgoutput's are 32-bit: compared modulo 2^32.
+    epoch = 3 * 2**32
+    wrapped = Seen.parse(f"{epoch - 5}:{epoch + 3}:{epoch - 2}")
+    assert wrapped.saw(2**32 - 4) and wrapped.saw(1) and not wrapped.saw(2**32 - 2)
+    assert not wrapped.saw(3) and not wrapped.saw(10)
+
+
+def _snapshot(seen: Seen, xid: int | None) -> tuple[IncrementalSnapshot, Any]:
+    reader: Any = SimpleNamespace(
+        _tx_xid=xid, _primary_keys={("public", "product_variants"): ("id",)}
+    )
+    inc = IncrementalSnapshot(reader, None)  # type: ignore[arg-type]
+    rows = {(i,): {"id": i, "quantity": 5} for i in (1, 2, 3)}
+    inc.chunk = _Chunk("c", None, SCHEMA, rows, None, 3, seen)  # type: ignore[arg-type]
+    return inc, reader
+
+
+@pytest.mark.parametrize(
+    ("xid", "window_open", "stale"),
+    [
+        (90, False, False),  # before the window, seen by the read: the chunk row is newer
+        (104, False, True),  # before the window, running when read: committed, unseen
+        (120, False, True),  # before the window, begun after the read (cannot happen)
+        (90, True, True),  # in the window: always newer (or the same)
+        (104, True, True),
+    ],
+)
+def test_which_changes_make_a_chunk_row_stale(xid: int, window_open: bool, stale: bool) -> None:
+    inc, _ = _snapshot(Seen(110, frozenset({104})), xid)
+    assert inc.chunk is not None
+    inc.chunk.window_open = window_open
+    assert inc.watching(SCHEMA) is stale
+    inc.on_change(SCHEMA, None, {"id": 2})
+    assert sorted(inc.chunk.rows) == ([(1,), (3,)] if stale else [(1,), (2,), (3,)])
+
+
+def test_changes_of_other_tables_or_an_emptied_chunk_are_not_watched() -> None:
+    inc, _ = _snapshot(Seen(110, frozenset({104})), 104)
+    other = TableSchema(2, "public", "products", SCHEMA.columns)
+    assert not inc.watching(other)
+    inc.on_change(other, None, {"id": 2})
+    assert inc.chunk is not None and len(inc.chunk.rows) == 3
+    inc.chunk.rows.clear()
+    assert not inc.watching(SCHEMA)
