@@ -7,12 +7,15 @@ sink that appends one JSON object per record to a file and makes it durable on
 
 Guarantee: at-least-once, like every consumer of the runtime: after a crash the
 last batch may be appended again (same ``version``): a reader of the file keeps,
-per ``kind`` and ``id``, the line with the highest version.
+per ``kind`` and ``id``, the line with the highest version.  A crash in the middle of
+a write leaves part of a line at the end; ``open`` cuts it off (its batch was not
+committed, so it comes again), so every line of the file stays whole JSON.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +24,8 @@ from typing import IO, Any
 from consumers.registry import SinkContext
 from consumers.runtime import Record, Rejected
 from pipeline.assembler.documents import to_json
+
+log = logging.getLogger(__name__)
 
 
 class JsonlSink:
@@ -39,6 +44,12 @@ class JsonlSink:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = cut_torn_line(self.path)
+        if torn:
+            log.warning(
+                "event=jsonl_torn_line_cut path=%s bytes=%d reason=%s",
+                self.path, torn, "a write cut short by a crash; its batch comes again",
+            )  # fmt: skip
         self._file = self.path.open("a", encoding="utf-8")
 
     def add(self, records: Sequence[Record]) -> None:
@@ -63,3 +74,24 @@ class JsonlSink:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def cut_torn_line(path: Path, block: int = 1 << 16) -> int:
+    """Truncate ``path`` after its last newline; the number of bytes cut (0: none)."""
+    if not path.exists():
+        return 0
+    with path.open("rb+") as f:
+        size = end = f.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            newline = f.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        if end < size:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+        return size - end

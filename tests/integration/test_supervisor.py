@@ -39,7 +39,8 @@ def _latest(jsonl: Path) -> dict[int, dict[str, object]]:
     latest: dict[int, dict[str, object]] = {}
     if not jsonl.exists():
         return latest
-    for line in jsonl.read_text().splitlines():
+    text = jsonl.read_text()
+    for line in text[: text.rfind("\n") + 1].splitlines():  # a line being written: not yet
         if not line.strip():
             continue
         rec = json.loads(line)
