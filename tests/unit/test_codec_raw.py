@@ -856,7 +856,10 @@ def bench(
 
 
 def test_micro_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
-    """Prints rows/s of both paths; asserts only that the raw path is not slower."""
+    """Both paths give the same events on many rows (``bench`` checks each) and their
+    rows/s are printed.  Which is faster is not asserted: a timing in a test fails on a
+    busy machine (it did in CI, 2026-12-02); the reader benchmark of ``make bench``
+    measures the raw path's speed."""
     results = {}
     for name, relation, make in (
         ("product_variants (6 cols)", VARIANTS, variant_tuple),
@@ -865,7 +868,6 @@ def test_micro_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     ):
         general, fast = bench(relation, make)
         results[name] = (general, fast)
-        assert fast > general
     with capsys.disabled():
         for name, (general, fast) in results.items():
             print(
