@@ -155,9 +155,7 @@ class IncrementalSnapshot:
         ``before``/``after`` need only hold the primary-key columns.
         """
         chunk = self.chunk
-        if chunk is None or not chunk.rows or not chunk.stale_by(self.reader._tx_xid):
-            return
-        if (schema.schema, schema.table) != (chunk.schema.schema, chunk.schema.table):
+        if chunk is None or not self.watching(schema):
             return
         pk = self._pk(chunk.schema)
         for row in (before, after):
