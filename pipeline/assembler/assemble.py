@@ -52,7 +52,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,6 +225,7 @@ class Batch:
         self.applied = 0
         self.stale = 0
         self._contrib = (0, 0)
+        self._sink: Callable[[Emission], None] = lambda _e: None  # set by finish()
         self.global_lsn = 0
         """The highest LSN of a global-table change this batch applied."""
         self.late: list[tuple[str, int]] = []
@@ -408,15 +409,21 @@ class Batch:
 
     # -- building -----------------------------------------------------------------------
 
-    def finish(self, emit: bool = True) -> Output:
+    def finish(self, emit: bool = True, sink: Callable[[Emission], None] | None = None) -> Output:
         """Build every touched document once; return what to emit and publish.
 
         With ``emit=False`` (catching up after a rebuild) nothing is built: the state
         only takes the rows, and :meth:`touch_all` emits everything at the end.
+
+        ``sink`` takes each document as soon as it is built, instead of
+        ``Output.emissions`` holding the whole batch: a batch of a few thousand
+        documents kept alive until the end made the garbage collector walk them again
+        and again (the service encodes and produces each one at once).
         """
         out = Output()
         if not emit:
             return out
+        self._sink = out.emissions.append if sink is None else sink
         paths: dict[int, tuple[str, ...] | None] = {}
         quiet, parts = self.quiet, self.partitions
         for (cid, part), (lsn, ts) in sorted(self.counts.items()):
@@ -501,7 +508,7 @@ class Batch:
             if built is not None:
                 update = {"version": version, "source_ts_ms": newest_ts}
                 doc = built.document().model_copy(update=update)
-            out.emissions.append(Emission(kind, doc_id, doc, version, newest_ts, digest))
+            self._sink(Emission(kind, doc_id, doc, version, newest_ts, digest))
             return
         try:
             doc = None if built is None else built.document()
@@ -515,7 +522,7 @@ class Batch:
         new_version = max(newest, version + 1)
         if doc is not None:
             doc = doc.model_copy(update={"version": new_version, "source_ts_ms": newest_ts})
-        out.emissions.append(Emission(kind, doc_id, doc, new_version, newest_ts, digest))
+        self._sink(Emission(kind, doc_id, doc, new_version, newest_ts, digest))
         self.state.set_doc(kind, doc_id, new_version, digest)
 
     def _rows_of(self, kind: str, doc_id: int) -> dict[str, Any]:

@@ -1536,3 +1536,31 @@ def test_a_document_of_an_older_schema_is_resolved_to_the_current_one() -> None:
     back = codec.decode(out.getvalue(), ProductDocument)
     assert back.weight is None  # the reader's default
     assert back == product.model_copy(update={"weight": None})
+
+
+def test_a_sink_takes_each_document_as_it_is_built_and_the_output_holds_none() -> None:
+    """The service encodes and produces every document as soon as it is built (a batch's
+    documents are not all kept alive until its end): the same emissions, in the same
+    order, as a batch that holds them in its output."""
+    twins = [base_catalog(), base_catalog()]
+    for cat in twins:
+        cat.poll()
+        for pid in (1, 2):
+            cat.update("products", pid, name=f"Renamed {pid}")
+        cat.update("product_variants", 101, quantity=7)
+    held, streamed = twins
+    expected = held.poll().emissions
+    assert expected, "the edits touch documents"
+    seen: list[Emission] = []
+    with streamed.state.transaction():
+        batch = Batch(streamed.state, streamed.owned, streamed.partitions)
+        for table, part, item in streamed.queue:
+            assert not isinstance(item, KeyedCount)
+            batch.apply(table, part, item)
+        streamed.queue = []
+        out = batch.finish(sink=seen.append)
+    assert out.emissions == []
+    assert [(e.kind, e.id, e.version, e.digest) for e in seen] == [
+        (e.kind, e.id, e.version, e.digest) for e in expected
+    ]
+    assert [e.doc for e in seen] == [e.doc for e in expected]
