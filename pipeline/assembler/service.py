@@ -236,6 +236,11 @@ class Assembler:
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port)
         self._targets: dict[tuple[str, int], int] = {}
+        # Each input's end when the targets were last taken, and when: the growth a
+        # catch-up measures before it emits (_inputs_settled).
+        self._base: dict[tuple[str, int], int] = {}
+        self._window_start = time.monotonic()
+        self._waiting_logged = False
         self._extensions = 0
         self.codec: EventCodec = make_codec(
             topic_prefix=self.prefix,
@@ -325,8 +330,10 @@ class Assembler:
         """While catching up: remember where ``topic[part]`` ends now."""
         if self.catching_up and (topic, part) not in self._targets:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=10)
-            if high > max(low, self._positions.get((topic, part), 0)):
+            start = max(low, self._positions.get((topic, part), 0))
+            if high > start:
                 self._targets[(topic, part)] = high
+            self._base.setdefault((topic, part), max(high, start))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -425,16 +432,30 @@ class Assembler:
         """At the targets of a catch-up: did the inputs stop growing?
 
         ``True`` when, all inputs together, at most ``catch_up_slack`` messages arrived
-        after the targets were taken (the rest is then read live).  Otherwise the new
-        ends become the targets and the catch-up reads on without emitting: while the
-        reader is still snapshotting, every product would else be emitted again for
-        each table that reaches it (product, then variants, images, ...), and every
-        consumer would get each product several times.  At most ``_MAX_EXTENSIONS``
-        times, so a catch-up ends under any load.
+        in the ``catch_up_window`` seconds (at least) since the targets were taken (the
+        rest is then read live).  Otherwise the new ends become the targets and the
+        catch-up reads on without emitting: while the reader is still snapshotting,
+        every product would else be emitted again for each table that reaches it
+        (product, then variants, images, ...), and every consumer would get each product
+        several times.  At most ``_MAX_EXTENSIONS`` times, so a catch-up ends under any
+        load.
+
+        Growth is measured over a window of time, not over however long reading to the
+        targets took: the first rows of a snapshot (the small global tables) are read in
+        milliseconds, and so few messages in so short a time looked settled.  And while
+        no input holds a single message and nothing was read (the assembler started
+        before the reader produced anything: `catalog-cdc run` starts both at once),
+        there is nothing to catch up with yet: it waits for the first messages instead of
+        emitting nothing and then streaming the whole snapshot in live, which cost the
+        demo's initial load twice the time and every consumer six documents per product.
         """
         if self._extensions >= _MAX_EXTENSIONS:
             return True
-        grown = 0
+        now = time.monotonic()
+        if now - self._window_start < self.settings.catch_up_window:
+            return False
+        grown = readable = 0
+        ends: dict[tuple[str, int], int] = {}
         new: dict[tuple[str, int], int] = {}
         for consumer, tps in (
             (self.group, self._assigned),
@@ -444,9 +465,23 @@ class Assembler:
                 key = (tp.topic, tp.partition)
                 low, high = consumer.get_watermark_offsets(tp, cached=False, timeout=10)
                 start = max(low, self._positions.get(key, 0))
-                grown += max(0, high - max(start, self._targets.get(key, 0)))
+                grown += max(0, high - max(low, self._base.get(key, low)))
+                readable += max(0, high - low)
+                ends[key] = high
                 if high > start:
                     new[key] = high
+        if readable == 0 and not self._positions:
+            self._window_start = now
+            if not self._waiting_logged:
+                self._waiting_logged = True
+                log.info(
+                    "event=catch_up_waiting hint=%s",
+                    "no input holds a message yet (the reader has not produced any): "
+                    "emitting once it has",
+                )
+            return False
+        self._base.update(ends)
+        self._window_start = now
         if grown <= self.settings.catch_up_slack:
             return True
         self._extensions += 1

@@ -45,9 +45,18 @@ class AssemblerSettings(BaseSettings):
         default=1000,
         ge=0,
         description=(
-            "a catch-up (new or rebuilt state) emits once the inputs grew by at most this "
-            "many messages while it read to their previous ends; more (the reader still "
-            "snapshotting) and it reads on, quietly, to the new ends"
+            "a catch-up (new or rebuilt state) emits once it has read to the inputs' ends "
+            "and they grew by at most this many messages over catch_up_window seconds; "
+            "more (the reader still snapshotting) and it reads on, quietly, to the new ends"
+        ),
+    )
+    catch_up_window: float = Field(
+        default=0.5,
+        ge=0,
+        description=(
+            "seconds over which a catch-up measures that growth: a snapshot that is only "
+            "starting (a few rows of the small tables read in milliseconds) must not look "
+            "settled"
         ),
     )
     metrics_port: int | None = Field(

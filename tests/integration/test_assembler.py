@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from pipeline.assembler.state import GLOBAL_TABLES, OWNED_TABLES
 from pipeline.demo.seed import seed_catalog
+from pipeline.kafka import TopicSpec, ensure_topics
 from tests.integration.assembler_support import running_assembler, version_history, wait_in_sync
 from tests.integration.reader_support import running_reader
 from tests.integration.test_registry import FakeRegistry, registry  # noqa: F401 - fixture
@@ -91,3 +94,34 @@ def test_with_a_confluent_registry(
     subjects = set(fake.subjects)
     assert f"{topic_prefix}.doc.products-value" in subjects, subjects
     assert f"{topic_prefix}.doc.categories-value" in subjects, subjects
+
+
+def test_an_assembler_started_before_the_reader_emits_each_product_once(
+    catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """`catalog-cdc run` starts the reader and the assembler at once, and the assembler
+    often finds every raw topic still empty.  Its catch-up must wait for the snapshot
+    and emit each product once at the end, not end on nothing and then build every
+    product again for each table of the snapshot (products, variants, images, ...):
+    that doubled the demo's initial load and sent every consumer six documents per
+    product."""
+    seed_catalog(catalog_dsn, products=400, seed=7)
+    # The raw topics exist (the reader creates them first thing), empty.
+    tables = (*GLOBAL_TABLES, *OWNED_TABLES)
+    ensure_topics(kafka_bootstrap, [TopicSpec(f"{topic_prefix}.public.{t}", 6) for t in tables])
+    with running_assembler(kafka_bootstrap, topic_prefix, tmp_path / "a.sqlite") as assembler:
+        deadline = time.monotonic() + 60
+        while not getattr(assembler, "owned", None) and time.monotonic() < deadline:
+            time.sleep(0.1)  # started, its partitions assigned
+        assert assembler.owned, "the assembler was not assigned its partitions"
+        time.sleep(2.0)  # many catch-up windows over empty inputs
+        assert assembler.catching_up, "a catch-up ended before any input held a message"
+        with running_reader(catalog_dsn, kafka_bootstrap, topic_prefix):
+            wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix)
+            assert not assembler.catching_up
+    history = version_history(kafka_bootstrap, topic_prefix, "product")
+    assert len(history) >= 400
+    again = {key: versions for key, versions in history.items() if len(versions) > 1}
+    assert not again, (
+        f"{len(again)} products emitted more than once, e.g. {list(again.items())[:3]}"
+    )

@@ -8,6 +8,7 @@ the stack's broker in tests/integration/test_assembler*.py).
 from __future__ import annotations
 
 import logging
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,15 +24,17 @@ class _Ends:
     def __init__(self, ends: dict[tuple[str, int], int], assigned: list[TopicPartition]) -> None:
         self.ends = ends
         self.assigned = assigned
+        self.asked = 0
 
     def get_watermark_offsets(self, tp: TopicPartition, **_: Any) -> tuple[int, int]:
+        self.asked += 1
         return 0, self.ends[(tp.topic, tp.partition)]
 
     def assignment(self) -> list[TopicPartition]:
         return self.assigned
 
 
-def _assembler(slack: int) -> tuple[Assembler, _Ends, _Ends]:
+def _assembler(slack: int, window: float = 0.0) -> tuple[Assembler, _Ends, _Ends]:
     owned = [TopicPartition("p.public.products", 0), TopicPartition("p.public.product_variants", 0)]
     ends = {
         ("p.public.products", 0): 100,
@@ -41,11 +44,14 @@ def _assembler(slack: int) -> tuple[Assembler, _Ends, _Ends]:
     group = _Ends(ends, owned)
     globals_ = _Ends(ends, [TopicPartition("p.public.brands", 0)])
     asm = Assembler.__new__(Assembler)
-    asm.settings = SimpleNamespace(catch_up_slack=slack)  # type: ignore[assignment]
+    asm.settings = SimpleNamespace(catch_up_slack=slack, catch_up_window=window)  # type: ignore[assignment]
     asm.group, asm.globals = group, globals_  # type: ignore[assignment]
     asm._assigned = owned
     asm._targets = {("p.public.products", 0): 100, ("p.public.brands", 0): 5}
     asm._positions = {("p.public.products", 0): 100, ("p.public.brands", 0): 5}
+    asm._base = {key: ends[key] for key in ends}
+    asm._window_start = time.monotonic()
+    asm._waiting_logged = False
     asm._extensions = 0
     return asm, group, globals_
 
@@ -89,4 +95,70 @@ def test_a_catch_up_ends_after_so_many_extensions_under_any_load() -> None:
         group.ends[("p.public.products", 0)] += 10
         assert not asm._inputs_settled(), n
     group.ends[("p.public.products", 0)] += 10
+    assert asm._inputs_settled()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_growth_is_measured_over_the_window_even_when_read_at_once(monkeypatch: Any) -> None:
+    """A snapshot's first rows (a few brands) are read in milliseconds: reading to the
+    targets again and again, each round saw almost no growth and the catch-up ended
+    while the products were still arriving.  Growth is counted over at least
+    ``catch_up_window`` seconds, messages already read included."""
+    clock = _Clock()
+    monkeypatch.setattr(service.time, "monotonic", clock)
+    asm, group, _ = _assembler(slack=1000, window=0.5)
+    asm._window_start = clock.now
+    clock.now += 0.1
+    assert not asm._inputs_settled()
+    assert group.asked == 0, "inside the window: no broker round trips"
+    # 3,000 products arrive and are read at once (positions at the ends).
+    group.ends[("p.public.products", 0)] = 3_100
+    asm._positions[("p.public.products", 0)] = 3_100
+    clock.now += 0.5
+    assert not asm._inputs_settled()
+    assert asm._extensions == 1
+    assert asm._reached_targets(), "already read: nothing more to read before emitting"
+    # Then quiet for a window: settled.
+    clock.now += 0.5
+    assert asm._inputs_settled()
+
+
+def test_a_fresh_catch_up_waits_while_no_input_holds_a_message(
+    monkeypatch: Any, caplog: Any
+) -> None:
+    """`catalog-cdc run` starts the reader and the assembler at once: a fresh assembler
+    finds every input empty.  It must not end its catch-up on nothing (and then take the
+    whole snapshot in live, emitting each product once per table): it waits for the
+    first messages, then measures their growth."""
+    clock = _Clock()
+    monkeypatch.setattr(service.time, "monotonic", clock)
+    asm, group, _ = _assembler(slack=1000, window=0.5)
+    for key in group.ends:
+        group.ends[key] = 0
+    asm._base = dict.fromkeys(group.ends, 0)
+    asm._targets, asm._positions = {}, {}
+    asm._window_start = clock.now
+    with caplog.at_level(logging.INFO, logger="pipeline.assembler.service"):
+        for _ in range(5):
+            clock.now += 1.0
+            assert asm._reached_targets()
+            assert not asm._inputs_settled()
+    assert asm._extensions == 0, "waiting is not an extension"
+    assert caplog.text.count("event=catch_up_waiting") == 1
+    # The snapshot starts: 5,000 messages within the window, then it ends.
+    group.ends[("p.public.brands", 0)] = 31
+    group.ends[("p.public.products", 0)] = 5_000
+    clock.now += 0.6
+    assert not asm._inputs_settled()
+    assert asm._targets[("p.public.products", 0)] == 5_000
+    assert not asm._reached_targets()
+    asm._positions.update({("p.public.products", 0): 5_000, ("p.public.brands", 0): 31})
+    clock.now += 0.6
     assert asm._inputs_settled()
