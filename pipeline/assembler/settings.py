@@ -41,6 +41,16 @@ class AssemblerSettings(BaseSettings):
             "idle consumer burns on brokers that answer empty fetches at once (noida-db)"
         ),
     )
+    fetch_wait: float = Field(
+        default=0.05,
+        ge=0,
+        description=(
+            "at the live edge, seconds at least from a poll to the next fetch, and no "
+            "fetching while the batch is built (0 = fetch all the time): noida-db answers "
+            "every fetch at once, so the fetchers spun beside the build, burning the "
+            "broker's CPU and their own; Kafka holds fetches itself (fetch.wait.max.ms)"
+        ),
+    )
     catch_up_slack: int = Field(
         default=1000,
         ge=0,

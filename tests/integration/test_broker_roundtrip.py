@@ -116,3 +116,46 @@ def test_produce_consume_commit_resume(broker_bootstrap: str, topic_prefix: str)
     for i in range(MESSAGES):
         expected.setdefault(sent[i][0], []).append(sent[i][1])
     assert {k: [v for _, v in vs] for k, vs in by_key.items()} == expected
+
+
+def test_a_fetch_hold_stops_fetching_and_release_resumes_at_the_position(
+    broker_bootstrap: str, topic_prefix: str
+) -> None:
+    """pipeline.kafka.FetchHold: while held, a consumer at the live edge fetches nothing
+    (what is produced meanwhile waits on the broker); released, it gets exactly those
+    messages, none lost or twice, and not before ``not_before`` seconds."""
+    from pipeline.kafka import FetchHold
+
+    topic = f"{topic_prefix}.hold"
+    _create_topic(broker_bootstrap, topic, PARTITIONS, {})
+    producer = Producer({"bootstrap.servers": broker_bootstrap})
+
+    def produce(start: int, n: int) -> None:
+        for i in range(start, start + n):
+            producer.produce(topic, str(i).encode(), key=str(i).encode())
+        assert producer.flush(15) == 0
+
+    consumer = _consumer(broker_bootstrap, f"{topic_prefix}-hold")
+    consumer.subscribe([topic])
+    try:
+        produce(0, 30)
+        seen: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(seen) < 30 and time.monotonic() < deadline:
+            seen += [int(m.value()) for m in consumer.consume(100, 0.5) if m.error() is None]
+        assert sorted(seen) == list(range(30))
+        hold = FetchHold([consumer])
+        produce(30, 30)
+        held = [m for m in consumer.consume(100, 1.5) if m.error() is None]
+        assert held == [], f"fetched {len(held)} messages while held"
+        started = time.monotonic()
+        hold.release(0.4 + (time.monotonic() - hold.since), time.sleep)
+        assert time.monotonic() - started >= 0.35, "released before not_before"
+        after: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(after) < 30 and time.monotonic() < deadline:
+            after += [int(m.value()) for m in consumer.consume(100, 0.5) if m.error() is None]
+        assert sorted(after) == list(range(30, 60)), after
+        assert [int(m.value()) for m in consumer.consume(100, 0.5)] == []
+    finally:
+        consumer.close()
