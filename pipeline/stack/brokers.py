@@ -66,6 +66,20 @@ class ProcessService:
     def wipe(self, state: ServiceState) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
+    def exited(self, state: ServiceState) -> bool:
+        """Has the process ended?  Asked of the kernel while it is our own child (it is
+        during ``start``'s wait): ``waitpid`` tells a real exit, where the /proc checks
+        of :meth:`is_running` once said "tansu exited during start-up" of a broker that
+        was running (its command line, read at the wrong moment, did not name it).  A
+        process an earlier ``stack up`` started is not our child: the /proc checks."""
+        if not state.pid:
+            return True
+        try:
+            pid, _ = os.waitpid(state.pid, os.WNOHANG)
+        except ChildProcessError:
+            return not self.is_running(state)
+        return pid != 0
+
     def wait_until(
         self, state: ServiceState, check: Callable[[], object], what: str, timeout: float
     ) -> None:
@@ -73,7 +87,7 @@ class ProcessService:
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
-            if not self.is_running(state):
+            if self.exited(state):
                 raise StackError(
                     f"{self.name} exited during start-up; "
                     f"log {self.log_file}:\n{tail(self.log_file)}"
