@@ -344,6 +344,7 @@ class Assembler:
             if high > start:
                 self._targets[(topic, part)] = high
             self._base.setdefault((topic, part), max(high, start))
+            self._window_start = time.monotonic()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
