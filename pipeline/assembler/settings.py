@@ -52,7 +52,7 @@ class AssemblerSettings(BaseSettings):
         ),
     )
     catch_up_slack: int = Field(
-        default=1000,
+        default=4000,
         ge=0,
         description=(
             "a catch-up (new or rebuilt state) emits once it has read to the inputs' ends "
@@ -61,7 +61,7 @@ class AssemblerSettings(BaseSettings):
         ),
     )
     catch_up_window: float = Field(
-        default=0.5,
+        default=2.0,
         ge=0,
         description=(
             "seconds over which a catch-up measures that growth: a snapshot that is only "
