@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from report_table import RATES_NOTE, spread
+from report_table import RATES_NOTE, spread, stepped_down_note
 
 
 def _s(value: float | None) -> str:
@@ -46,6 +46,9 @@ def render(data: dict[str, Any]) -> list[str]:
         )
     docs = [f["doc_topic"] for f in finals]
     held = sum(1 for f in finals if f["sustained"])
+    stepped = stepped_down_note(data)
+    if stepped:
+        lines += ["", f"Longer runs first: {stepped}; so the final runs stepped down."]
     lines += [
         "",
         f"{heading}, **{rate:.0f} edits/s** for {final['seconds']:.0f} s, {len(finals)} "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from report_table import spread
+from report_table import spread, stepped_down_note
 
 
 def _s(value: float | None) -> str:
@@ -129,9 +129,10 @@ def render_sinks(per_sink: dict[str, dict[str, Any]]) -> list[str]:
         "then the highest sustained one run longer. Per record: the time the sink confirmed",
         "it (offset committed) minus the PostgreSQL commit time of its newest change. The",
         "highest sustained rate ran several times: each figure is the median of the runs,",
-        "min-max in brackets.",
+        "min-max in brackets (held: the runs that sustained it); when most runs did not",
+        "hold it, they ran again at the next lower sustained rate.",
         "",
-        "| sink | highest sustained (edits/s) | runs | p50 s | p99 s | max s | records "
+        "| sink | highest sustained (edits/s) | runs (held) | p50 s | p99 s | max s | records "
         "| busiest process |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -141,7 +142,8 @@ def render_sinks(per_sink: dict[str, dict[str, Any]]) -> list[str]:
         first = finals[0]
         rate = f"{best:.0f}" if best else f"none (at {first['rate']:.0f}: not sustained)"
         lines.append(
-            f"| {name} | {rate} | {len(finals)} | {spread([f['p50_s'] for f in finals])} | "
+            f"| {name} | {rate} | {len(finals)} ({sum(1 for f in finals if f['sustained'])}) | "
+            f"{spread([f['p50_s'] for f in finals])} | "
             f"{spread([f['p99_s'] for f in finals])} | {spread([f['max_s'] for f in finals])} | "
             f"{statistics.median(f['records'] for f in finals):,.0f} | "
             f"{_busiest(first['cpu_cores'])} |"
@@ -149,7 +151,10 @@ def render_sinks(per_sink: dict[str, dict[str, Any]]) -> list[str]:
     lines += ["", "What caps each (the first rate not sustained, and why):", ""]
     for name, data in per_sink.items():
         failed = [p for p in data["probes"] if not p["sustained"]]
-        if failed:
+        stepped = stepped_down_note(data)
+        if stepped:
+            lines.append(f"- {name}: {stepped}; {_CAPS.get(name, '')}.")
+        elif failed:
             f = failed[0]
             if f["edits_per_s"] < 0.9 * f["rate"]:
                 lines.append(

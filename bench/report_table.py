@@ -36,3 +36,24 @@ def spread(values: list[float | None], fmt: str = ".2f") -> str:
     if len(known) == 1:
         return mid
     return f"{mid} ({format(min(known), fmt)}-{format(max(known), fmt)})"
+
+
+def stepped_down_note(data: dict[str, Any]) -> str | None:
+    """What a latency run's final rounds found at the rates above the one reported.
+
+    ``latency_bench`` steps its final runs down when most of them did not hold a rate
+    that held for a (shorter) probe; ``None`` when they held at once.
+    """
+    steps = data.get("stepped_down") or []
+    if not steps:
+        return None
+    parts = []
+    for step in steps:
+        finals = step["finals"]
+        held = sum(1 for f in finals if f["sustained"])
+        parts.append(
+            f"{step['rate']:.0f} edits/s held for the probe but over {finals[0]['seconds']:.0f} s "
+            f"in {held} of {len(finals)} runs (p99 {spread([f['p99_s'] for f in finals])} s, "
+            f"drain {spread([f['drain_s'] for f in finals], '.1f')} s)"
+        )
+    return "; ".join(parts)
