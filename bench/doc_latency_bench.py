@@ -38,13 +38,14 @@ import psycopg
 from confluent_kafka.admin import AdminClient
 from latency_bench import (
     _DocTopicWatch,
+    _process_cpu_s,
     _service,
     _stack_pids,
     _summary,
     scratch_database,
     sustained,
 )
-from reader_bench import _cpu_s, _vm_hwm_kb, _with_db
+from reader_bench import _vm_hwm_kb, _with_db
 
 from pipeline.demo.catalog import load_schema
 from pipeline.demo.seed import seed_catalog
@@ -118,7 +119,7 @@ def _phase(
     seconds: float,
     connections: int,
 ) -> dict[str, Any]:
-    cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
+    cpu0 = {name: _process_cpu_s(name, pid) for name, pid in pids.items()}
     t0 = time.monotonic()
     watch.col.start()
     edits = _edits(dsn, rate, seconds, connections)
@@ -137,7 +138,7 @@ def _phase(
     with watch.col.lock:
         lat, last_doc = list(watch.col.latencies), watch.col.last_ack
     wall = time.monotonic() - t0
-    cpu = {name: (_cpu_s(pid) - cpu0[name]) / wall for name, pid in pids.items()}
+    cpu = {name: (_process_cpu_s(name, pid) - cpu0[name]) / wall for name, pid in pids.items()}
     achieved = edits["committed"] / max(seconds, 1e-9)
     drain = max(0.0, last_doc - ended)
     result = {

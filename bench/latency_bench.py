@@ -43,7 +43,7 @@ import psycopg
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer
 from elasticsearch import Elasticsearch, NotFoundError
 from psycopg import sql
-from reader_bench import _cpu_s, _vm_hwm_kb, _with_db
+from reader_bench import _cpu_s, _tree_cpu_s, _vm_hwm_kb, _with_db
 
 from consumers.runtime import ConsumerRuntime, Record, RuntimeSettings
 from consumers.search.sink import SearchSink, delete_index
@@ -55,6 +55,7 @@ from pipeline.settings import load_connections
 CLI = str(Path(sys.executable).parent / "catalog-cdc")
 SUSTAINED_P99_S = 5.0
 SUSTAINED_DRAIN_S = 5.0
+POSTGRES = "postgres (all its processes)"
 
 
 class _Collector:
@@ -255,7 +256,7 @@ def _phase(
     stats = getattr(sink, "stats", None)
     search = isinstance(sink, SearchSink)
     before = dict(stats) if search else {}
-    cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
+    cpu0 = {name: _process_cpu_s(name, pid) for name, pid in pids.items()}
     t0 = time.monotonic()
     col.start()
     watch.col.start()
@@ -274,7 +275,7 @@ def _phase(
     with watch.col.lock:
         doc_lat = list(watch.col.latencies)
     wall = time.monotonic() - t0
-    cpu = {name: (_cpu_s(pid) - cpu0[name]) / wall for name, pid in pids.items()}
+    cpu = {name: (_process_cpu_s(name, pid) - cpu0[name]) / wall for name, pid in pids.items()}
     after = dict(stats) if search and stats is not None else {}
     delta = {k: after[k] - before.get(k, 0) for k in after}
     written = delta["indexed"] + delta["deleted"] + delta["noop"] if search else None
@@ -448,18 +449,23 @@ def _run(
 
 
 def _stack_pids() -> dict[str, int]:
-    """PostgreSQL (the postmaster alone, not its backends) and noida-db (Kafka +
-    Elasticsearch APIs) of the local stack."""
+    """PostgreSQL (the postmaster: :func:`_process_cpu_s` counts its backends too) and
+    noida-db (Kafka + Elasticsearch APIs) of the local stack."""
     from pipeline.settings import default_stack_dir
     from pipeline.stack.state import read_state
 
     state = read_state(default_stack_dir())
     out = {}
-    for name, label in (("postgres", "postgres (postmaster)"), ("noida", "noida-db")):
+    for name, label in (("postgres", POSTGRES), ("noida", "noida-db")):
         svc = None if state is None else state.services.get(name)
         if svc is not None and svc.pid:
             out[label] = svc.pid
     return out
+
+
+def _process_cpu_s(name: str, pid: int) -> float:
+    """CPU seconds of a measured process; PostgreSQL's with every backend's."""
+    return _tree_cpu_s(pid) if name == POSTGRES else _cpu_s(pid)
 
 
 def _line(what: str, r: dict[str, Any]) -> str:

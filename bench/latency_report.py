@@ -68,8 +68,8 @@ def render(data: dict[str, Any]) -> list[str]:
         "",
         "CPU while the first run ran (cores): "
         + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
-        + f". The busiest is {busiest}; the machine has 2 cores for all of it (and the",
-        "PostgreSQL backends, not counted above).",
+        + f" (together {sum(cpu.values()):.2f}). The busiest is {busiest}; the machine has",
+        "2 cores for all of it.",
         "",
         f"Writes: the sink sent {sent:,} (indexed {sink['indexed']:,}, deleted "
         f"{sink['deleted']:,}, version no-ops {sink['noop']:,}) and **saved {saved:,}** by "

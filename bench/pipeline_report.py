@@ -74,20 +74,22 @@ def render_doc_latency(data: dict[str, Any]) -> list[str]:
             )
         else:
             wall = first["seconds"] + first["drain_s"]
-            docs_s = first["documents"] / wall
-            cores = first["cpu_cores"].get("assembler", 0.0)
-            ms = 1000 * cores * wall / max(first["documents"], 1)
+            cpu = first["cpu_cores"]
+            cores = cpu.get("assembler", 0.0)
+            edits = first["edits_per_s"] * first["seconds"]
+            us = 1e6 * cores * wall / max(edits, 1)
+            others = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k != "assembler")
             cap = (
-                f"the assembler, one Python thread, built {docs_s:,.0f} documents/s "
-                f"({ms:.1f} ms of CPU each, {cores:.2f} cores) while the broker took "
-                f"{first['cpu_cores'].get('noida-db', 0.0):.2f} cores and PostgreSQL's "
-                "backends (not counted) the rest of the 2 cores"
+                f"the machine's 2 cores were taken (cores: assembler {cores:.2f}, {others}; "
+                f"together {sum(cpu.values()):.2f}), and the assembler, one Python thread, "
+                f"worked through {edits / wall:,.0f} changes/s ({us:.0f} µs of CPU each: "
+                "Avro decoding, the SQLite upsert, and the product documents rebuilt from "
+                f"a batch's changes, {first['documents']:,} of them), fewer than came"
             )
         lines += [
             f"From {first['rate']:,.0f} edits/s on, the rate is not sustained: {cap}. "
-            "Each stock change is a document to rebuild, validate and encode (changes "
-            "to one product within one poll batch are built once), and the latency is "
-            "then the backlog's.",
+            "Changes to one product within one poll batch are built once, and the "
+            "latency is then the backlog's.",
             "",
         ]
     lines += [
@@ -218,7 +220,7 @@ def render_services(data: dict[str, Any]) -> list[str]:
         "",
         f"The pipeline's own services together (contract servers left out): {total:,.0f} MB",
         "(the sum of the peaks, an upper bound: they do not all peak at once). Beside them",
-        "PostgreSQL and the broker of the local stack, not counted.",
+        "PostgreSQL and the broker of the local stack, not counted here.",
         "",
         "From `run` until every consumer had caught up after the edits (initial load, "
         f"{first['edit_seconds']:.0f} s of edits, catch-up; median of the rounds): "

@@ -75,6 +75,28 @@ def _cpu_s(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree_cpu_s(pid: int) -> float:
+    """CPU of a process and of its children, the live ones and those it reaped: the
+    PostgreSQL postmaster's backends come and go with their sessions (the editing
+    sessions of a phase are gone, reaped, when the phase is measured)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def own_and_reaped(fields: list[str]) -> int:
+        return sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+
+    total = own_and_reaped(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            total += own_and_reaped(fields)
+    return total / tick
+
+
 def _main_thread_cpu_s(pid: int) -> float:
     """CPU of the process's main thread (the reader's Python thread), not librdkafka's."""
     return _cpu_s(pid, pid)
