@@ -44,6 +44,15 @@ def register(sub: Any) -> None:
         "spares the CPU an idle consumer burns on brokers that answer empty fetches at once",
     )
     p.add_argument(
+        "--fetch-wait",
+        type=float,
+        default=0.05,
+        metavar="SECONDS",
+        help="at the live edge, no fetching while a batch is written and until this long "
+        "after its poll (default 0.05; 0 = fetch all the time): the local broker answers "
+        "every fetch at once and would else spin beside the write",
+    )
+    p.add_argument(
         "--stall-timeout",
         type=float,
         default=60.0,
@@ -136,6 +145,7 @@ def _consume(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             group=args.group,
             idle_pause=args.idle_pause,
+            fetch_wait=args.fetch_wait,
             stall_timeout=args.stall_timeout,
             instance_id=_instance_id(args, conns.topic_prefix),
         ),

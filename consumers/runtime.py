@@ -57,6 +57,7 @@ from pipeline.codec import EventCodec, make_codec
 from pipeline.errors import CatalogCdcError
 from pipeline.events import ChangeEvent
 from pipeline.kafka import (
+    FetchHold,
     TopicSpec,
     consumer_config,
     ensure_topics,
@@ -163,6 +164,12 @@ class RuntimeSettings:
     poll_timeout: float = 0.05
     idle_pause: float = 0.15
     """Seconds to stop fetching after an empty poll (:func:`pipeline.kafka.pause_while_idle`)."""
+    fetch_wait: float = 0.05
+    """At the live edge (a poll that took fewer than ``batch_size``), no fetching while the
+    batch is written and until this many seconds after the poll (:class:`pipeline.kafka.
+    FetchHold`; 0 = fetch all the time).  noida-db answers every fetch at once, so the
+    fetchers otherwise fetched a handful of records again and again beside the sink's
+    write, and the broker (which is also the local Elasticsearch) spun with them."""
     backoff_initial: float = 0.2
     backoff_max: float = 30.0
     metrics_port: int | None = None
@@ -390,7 +397,12 @@ class ConsumerRuntime:
             self.caught_up.clear()
             self._stall.moved()
             idle_since = time.monotonic()
+            hold = None
+            if self.settings.fetch_wait > 0 and len(msgs) < self.settings.batch_size:
+                hold = FetchHold([self.consumer])
             self._batch(msgs)
+            if hold is not None:
+                hold.release(self.settings.fetch_wait, stop.wait)
             self._busy_lag()
 
     def _batch(self, msgs: list[Message]) -> None:
