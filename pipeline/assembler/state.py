@@ -156,6 +156,8 @@ differently: those rows take the standard encoder)."""
 
 
 _Lsns = tuple[int, int, int, int, int, int]
+_Indexed = tuple[Any, Any, Any, Any]
+"""``(product_id, part, ref, store_id)`` of a stored row: the columns with an index."""
 """``(rlsn, rts, plsn, pts, klsn, kts)`` of a row."""
 
 
@@ -176,7 +178,7 @@ class AssemblerState:
         self.category_klsns: dict[int, tuple[int, int]] = {}
         self._reload_globals()
         self._in_tx = False
-        self._read: tuple[str, str, _Lsns] | None = None
+        self._read: tuple[str, str, _Lsns, _Indexed | None] | None = None
         """The LSN columns of the row :meth:`row` read last (until a write)."""
 
     def close(self) -> None:
@@ -245,14 +247,16 @@ class AssemblerState:
         follows (one query per change instead of three).
         """
         found = self.db.execute(
-            "SELECT lsn, data, rlsn, rts, plsn, pts, klsn, kts FROM rows WHERE tbl = ? AND key = ?",
+            "SELECT lsn, data, rlsn, rts, plsn, pts, klsn, kts, product_id, part, ref, store_id "
+            "FROM rows WHERE tbl = ? AND key = ?",
             (tbl, key),
         ).fetchone()
         if found is None:
-            self._read = (tbl, key, (0, 0, 0, 0, 0, 0))
+            self._read = (tbl, key, (0, 0, 0, 0, 0, 0), None)
             return None
-        _, _, a, b, c, d, e, f = found
-        self._read = (tbl, key, (int(a), int(b), int(c), int(d), int(e), int(f)))
+        _, _, a, b, c, d, e, f, *indexed = found
+        lsns = (int(a), int(b), int(c), int(d), int(e), int(f))
+        self._read = (tbl, key, lsns, (indexed[0], indexed[1], indexed[2], indexed[3]))
         return int(found[0]), (None if found[1] is None else loads(found[1]))
 
     def _lsns(self, tbl: str, key: str) -> _Lsns:
@@ -334,6 +338,8 @@ class AssemblerState:
         """Store a row; ``relevant`` = ``(lsn, ts)`` of this change when a document shows
         it (``None``: keep the row's ``rlsn``), ``path`` and ``url_key`` the same for
         ``plsn`` and ``klsn`` (categories)."""
+        read = self._read
+        stored = read[3] if read is not None and read[0] == tbl and read[1] == key else None
         known_rlsn, known_rts, plsn, pts, klsn, kts = self._lsns(tbl, key)
         self._read = None
         rlsn, rts = relevant if relevant is not None else (known_rlsn, known_rts)
@@ -341,15 +347,25 @@ class AssemblerState:
             plsn, pts = path
         if url_key is not None:
             klsn, kts = url_key
-        self.db.execute(
-            "INSERT OR REPLACE INTO rows (tbl, key, lsn, data, product_id, part, ref, store_id, "
-            "live, rlsn, rts, plsn, pts, klsn, kts) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                tbl, key, lsn, data, product_id, part, ref, store_id, 1 if live else 0,
-                rlsn, rts, plsn, pts, klsn, kts,
-            ),
-        )  # fmt: skip
+        if stored is not None and stored == (product_id, part, ref, store_id):
+            # A stored row whose indexed columns stay: updated in place, the indexes
+            # untouched (a replace deletes and inserts the row and its four index
+            # entries; measured: row() + put() of a stock change 100 -> 60 µs).
+            self.db.execute(
+                "UPDATE rows SET lsn = ?, data = ?, live = ?, rlsn = ?, rts = ?, plsn = ?, "
+                "pts = ?, klsn = ?, kts = ? WHERE tbl = ? AND key = ?",
+                (lsn, data, 1 if live else 0, rlsn, rts, plsn, pts, klsn, kts, tbl, key),
+            )
+        else:
+            self.db.execute(
+                "INSERT OR REPLACE INTO rows (tbl, key, lsn, data, product_id, part, ref, "
+                "store_id, live, rlsn, rts, plsn, pts, klsn, kts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    tbl, key, lsn, data, product_id, part, ref, store_id, 1 if live else 0,
+                    rlsn, rts, plsn, pts, klsn, kts,
+                ),
+            )  # fmt: skip
         if tbl == "categories":
             if data is None:
                 self.category_plsns.pop(int(key), None)

@@ -1564,3 +1564,28 @@ def test_a_sink_takes_each_document_as_it_is_built_and_the_output_holds_none() -
         (e.kind, e.id, e.version, e.digest) for e in expected
     ]
     assert [e.doc for e in seen] == [e.doc for e in expected]
+
+
+def test_a_stored_row_is_updated_in_place_or_replaced_and_its_indexes_follow() -> None:
+    # put() after row() updates a row in place when its indexed columns stay (the
+    # indexes untouched) and replaces it when one of them changes: either way the
+    # product's rows are found by the new product id and no longer by the old one.
+    st = AssemblerState(":memory:")
+
+    def put(pid: int, qty: int, lsn: int) -> None:
+        st.row("product_variants", "7")
+        data = f'{{"id": 7, "product_id": {pid}, "sku": "S7", "quantity": {qty}}}'
+        st.put("product_variants", "7", lsn, data, relevant=(lsn, lsn), product_id=pid, part=pid)
+
+    with st.transaction():
+        put(1, 5, 10)
+        put(1, 6, 11)  # same product: in place
+        assert [v["quantity"] for v in st.product_rows(1)[0]["product_variants"]] == [6]
+        assert st.product_rows(1)[1] == (11, 11)
+        put(2, 7, 12)  # moved to product 2: replaced, the index entry moves
+        put(2, 8, 13)
+    assert st.product_rows(1)[0]["product_variants"] == []
+    assert [v["quantity"] for v in st.product_rows(2)[0]["product_variants"]] == [8]
+    assert st.row("product_variants", "7") == (13, {"id": 7, "product_id": 2, "sku": "S7",
+                                                    "quantity": 8})  # fmt: skip
+    assert st.db.execute("SELECT part FROM rows WHERE key = '7'").fetchone() == (2,)
