@@ -365,7 +365,7 @@ def _run(
             sink,
             bootstrap=bootstrap,
             topic_prefix=prefix,
-            settings=RuntimeSettings(),  # what `catalog-cdc consume` runs with
+            settings=RuntimeSettings(poll_timeout=0.1),
             on_batch=col.on_batch,
         )
 

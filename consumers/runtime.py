@@ -161,10 +161,7 @@ class Sink(Protocol):
 @dataclass(frozen=True)
 class RuntimeSettings:
     batch_size: int = 500
-    poll_timeout: float = 0.01
-    """Seconds a poll waits for a full batch.  Short: while a consumer waits in a poll its
-    fetcher fetches all the time on noida-db (every fetch is answered at once); the waits
-    between polls are spent with fetching paused (``fetch_wait``, ``idle_pause``)."""
+    poll_timeout: float = 0.05
     idle_pause: float = 0.15
     """Seconds to stop fetching after an empty poll (:func:`pipeline.kafka.pause_while_idle`)."""
     fetch_wait: float = 0.05

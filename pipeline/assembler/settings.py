@@ -32,15 +32,7 @@ class AssemblerSettings(BaseSettings):
         ),
     )
     batch_size: int = Field(default=5000, ge=1, description="messages per poll batch")
-    poll_timeout: float = Field(
-        default=0.01,
-        gt=0,
-        description=(
-            "seconds a poll waits for a full batch: short, because a consumer waiting in a "
-            "poll fetches all the time on noida-db (it answers every fetch at once); the "
-            "waits between polls are spent with fetching paused (fetch_wait, idle_pause)"
-        ),
-    )
+    poll_timeout: float = Field(default=0.05, gt=0, description="seconds a poll waits")
     idle_pause: float = Field(
         default=0.15,
         ge=0,
