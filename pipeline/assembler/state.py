@@ -156,9 +156,9 @@ differently: those rows take the standard encoder)."""
 
 
 _Lsns = tuple[int, int, int, int, int, int]
+"""``(rlsn, rts, plsn, pts, klsn, kts)`` of a row."""
 _Indexed = tuple[Any, Any, Any, Any]
 """``(product_id, part, ref, store_id)`` of a stored row: the columns with an index."""
-"""``(rlsn, rts, plsn, pts, klsn, kts)`` of a row."""
 
 
 class AssemblerState:
@@ -350,7 +350,7 @@ class AssemblerState:
         if stored is not None and stored == (product_id, part, ref, store_id):
             # A stored row whose indexed columns stay: updated in place, the indexes
             # untouched (a replace deletes and inserts the row and its four index
-            # entries; measured: row() + put() of a stock change 100 -> 60 µs).
+            # entries; measured: row() + put() of a stock change 100 -> 44 µs).
             self.db.execute(
                 "UPDATE rows SET lsn = ?, data = ?, live = ?, rlsn = ?, rts = ?, plsn = ?, "
                 "pts = ?, klsn = ?, kts = ? WHERE tbl = ? AND key = ?",
