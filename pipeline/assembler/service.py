@@ -66,6 +66,7 @@ from pipeline.kafka import (
     pause_while_idle,
     producer_config,
 )
+from pipeline.reader.state import ReaderStateStore
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,14 @@ class Assembler:
         self._window_start = time.monotonic()
         self._waiting_logged = False
         self._extensions = 0
+        # What the reader says of its snapshot (the `{prefix}._reader` records), read
+        # while catching up: None = no reader record, False = a snapshot is running,
+        # True = done (then the targets are taken once more, after it: _after_snapshot).
+        self._reader_state: ReaderStateStore | None = None
+        self._snapshot_done: bool | None = None
+        self._snapshot_checked = 0.0
+        self._snapshot_logged = False
+        self._after_snapshot = False
         self.codec: EventCodec = make_codec(
             topic_prefix=self.prefix,
             schema_registry_url=self.registry_url,
@@ -453,47 +462,49 @@ class Assembler:
         return all(self._positions.get(tp, 0) >= end for tp, end in self._targets.items())
 
     def _inputs_settled(self) -> bool:
-        """At the targets of a catch-up: did the inputs stop growing?
+        """At the targets of a catch-up: is there nothing more to wait for?
 
-        ``True`` when, all inputs together, at most ``catch_up_slack`` messages arrived
-        in the ``catch_up_window`` seconds (at least) since the targets were taken (the
-        rest is then read live).  Otherwise the new ends become the targets and the
-        catch-up reads on without emitting: while the reader is still snapshotting,
-        every product would else be emitted again for each table that reaches it
-        (product, then variants, images, ...), and every consumer would get each product
-        several times.  At most ``_MAX_EXTENSIONS`` times, so a catch-up ends under any
-        load.
+        The reader says when its snapshot ends (:meth:`_reader_snapshot`): while one is
+        running the catch-up reads on without emitting, and once it has ended the targets
+        are taken once more, at the inputs' ends then, so every document is emitted once,
+        after the whole snapshot.  Emitting earlier would emit every product again for
+        each table that reaches it (product, then variants, images, ...), and every
+        consumer would get each product several times: the demo's initial load took
+        twice as long.
 
-        Growth is measured over a window of time, not over however long reading to the
-        targets took: the first rows of a snapshot (the small global tables) are read in
-        milliseconds, and so few messages in so short a time looked settled.  And while
-        no input holds a single message and nothing was read (the assembler started
-        before the reader produced anything: `catalog-cdc run` starts both at once),
-        there is nothing to catch up with yet: it waits for the first messages instead of
-        emitting nothing and then streaming the whole snapshot in live, which cost the
-        demo's initial load twice the time and every consumer six documents per product.
+        With no reader record at all (raw events from elsewhere), it falls back to the
+        inputs' growth: ``True`` when, all inputs together, at most ``catch_up_slack``
+        messages arrived in the ``catch_up_window`` seconds (at least) since the targets
+        were taken (the rest is then read live); otherwise the new ends become the
+        targets, at most ``_MAX_EXTENSIONS`` times, so a catch-up ends under any load.
+        And while no input holds a single message and nothing was read, there is nothing
+        to catch up with yet: it waits for the first messages.
         """
+        now = time.monotonic()
+        done = self._reader_snapshot(now)
+        if done is False:
+            return False
+        if done:
+            if not self._after_snapshot:
+                self._after_snapshot = True
+                now_ends = self._input_ends().items()
+                self._targets.update({k: high for k, (start, high) in now_ends if high > start})
+                log.info("event=catch_up_snapshot_ended hint=%s", "reading to the inputs' ends")
+                return self._reached_targets()
+            return True
         if self._extensions >= _MAX_EXTENSIONS:
             return True
-        now = time.monotonic()
         if now - self._window_start < self.settings.catch_up_window:
             return False
         grown = readable = 0
         ends: dict[tuple[str, int], int] = {}
         new: dict[tuple[str, int], int] = {}
-        for consumer, tps in (
-            (self.group, self._assigned),
-            (self.globals, self.globals.assignment()),
-        ):
-            for tp in tps:
-                key = (tp.topic, tp.partition)
-                low, high = consumer.get_watermark_offsets(tp, cached=False, timeout=10)
-                start = max(low, self._positions.get(key, 0))
-                grown += max(0, high - max(low, self._base.get(key, low)))
-                readable += max(0, high - low)
-                ends[key] = high
-                if high > start:
-                    new[key] = high
+        for key, (start, high, low) in self._input_ends(with_low=True).items():
+            grown += max(0, high - max(low, self._base.get(key, low)))
+            readable += max(0, high - low)
+            ends[key] = high
+            if high > start:
+                new[key] = high
         if readable == 0 and not self._positions:
             self._window_start = now
             if not self._waiting_logged:
@@ -517,6 +528,44 @@ class Assembler:
             "the inputs are still growing fast (a snapshot?): reading on before emitting",
         )
         return False
+
+    def _reader_snapshot(self, now: float) -> bool | None:
+        """Whether the reader's snapshot has ended: ``True`` once every reader record of
+        this topic prefix says so, ``False`` while one says it is running, ``None`` with
+        no record (raw events not written by a reader).  Read every 0.5 s at most; a
+        "done" is kept for the rest of the catch-up."""
+        if self._snapshot_done or now - self._snapshot_checked < 0.5:
+            return self._snapshot_done
+        self._snapshot_checked = now
+        if self._reader_state is None:
+            self._reader_state = ReaderStateStore(self.bootstrap, self.prefix)
+        records = self._reader_state.load_all()
+        if records:
+            running = sorted(k for k, r in records.items() if not r.get("snapshot_done"))
+            self._snapshot_done = not running
+            if running and not self._snapshot_logged:
+                self._snapshot_logged = True
+                log.info(
+                    "event=catch_up_waiting snapshots_running=%s hint=%s",
+                    ",".join(running),
+                    "the reader's snapshot is still running: emitting once it has ended",
+                )
+        return self._snapshot_done
+
+    def _input_ends(self, with_low: bool = False) -> dict[tuple[str, int], Any]:
+        """Every assigned input's (position to read from, high watermark[, low]), asked
+        of the broker now."""
+        out: dict[tuple[str, int], Any] = {}
+        for consumer, tps in (
+            (self.group, self._assigned),
+            (self.globals, self.globals.assignment()),
+        ):
+            for tp in tps:
+                key = (tp.topic, tp.partition)
+                low, high = consumer.get_watermark_offsets(tp, cached=False, timeout=10)
+                start = max(low, self._positions.get(key, 0))
+                out[key] = (start, high, low) if with_low else (start, high)
+        return out
 
     # -- taking partitions over ---------------------------------------------------------
 

@@ -320,6 +320,13 @@ class Reader:
                 # exported snapshot must be imported before anything else happens.
                 self._setup_topics(shapes)
                 topics_ready = True
+                if self.settings.snapshot_mode == "initial":
+                    # Acknowledged before the snapshot's first event: an assembler that
+                    # catches up waits for the "done" record (and a stale one from an
+                    # earlier slot no longer says done).
+                    if state_store is None:
+                        state_store = ReaderStateStore(self.bootstrap, self.prefix)
+                    state_store.save(state_key, {"snapshot_done": False})
                 created = repl.create_slot(
                     self.settings.slot, export_snapshot=self.settings.snapshot_mode == "initial"
                 )

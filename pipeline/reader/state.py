@@ -1,9 +1,13 @@
 """The reader's own durable state, kept in Kafka (compacted topic ``{prefix}._reader``).
 
-One record per database and slot, holding whether the initial snapshot finished.
-The slot's confirmed position is the only resume point for streaming; this record
-only says whether a slot that exists may be trusted (its snapshot completed) or must
-be dropped and the snapshot redone.
+One record per database and slot, holding whether the initial snapshot finished:
+``{"snapshot_done": false}`` is written (and acknowledged) before a new slot's
+snapshot produces its first event, ``{"snapshot_done": true, ...}`` once every
+snapshot event is acknowledged.  The slot's confirmed position is the only resume
+point for streaming; this record says whether a slot that exists may be trusted (its
+snapshot completed) or must be dropped and the snapshot redone, and it tells a new
+assembler when a snapshot it is catching up with has ended (it emits each document
+once, after the whole snapshot, not once per table the snapshot reaches).
 """
 
 from __future__ import annotations
@@ -31,14 +35,18 @@ class ReaderStateStore:
 
     def load(self, key: str) -> dict[str, Any] | None:
         """The newest record for ``key``, reading the topic to its end."""
+        return self.load_all().get(key)
+
+    def load_all(self) -> dict[str, dict[str, Any]]:
+        """The newest record of every key (a deleted one left out), read to the end."""
         consumer = Consumer(consumer_config(self.bootstrap, "catalog-cdc-reader-state"))
         try:
             tp = TopicPartition(self.topic, 0)
             low, high = consumer.get_watermark_offsets(tp, timeout=15)
+            found: dict[str, dict[str, Any]] = {}
             if high <= low:
-                return None
+                return found
             consumer.assign([TopicPartition(self.topic, 0, low)])
-            found: dict[str, Any] | None = None
             position = low
             while position < high:
                 msg = consumer.poll(5.0)
@@ -47,9 +55,11 @@ class ReaderStateStore:
                 if msg.error():
                     raise ReaderError(f"cannot read {self.topic}: {msg.error()}")
                 position = (msg.offset() or 0) + 1
-                if msg.key() == key.encode():
-                    value = msg.value()
-                    found = None if value is None else json.loads(value)
+                key, value = (msg.key() or b"").decode(), msg.value()
+                if value is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = json.loads(value)
             return found
         finally:
             consumer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -101,14 +102,46 @@ def test_an_assembler_started_before_the_reader_emits_each_product_once(
 ) -> None:
     """`catalog-cdc run` starts the reader and the assembler at once, and the assembler
     often finds every raw topic still empty.  Its catch-up must wait for the snapshot
-    and emit each product once at the end, not end on nothing and then build every
-    product again for each table of the snapshot (products, variants, images, ...):
-    that doubled the demo's initial load and sent every consumer six documents per
-    product."""
+    and emit each product once at the end, not end on nothing (or on the part of the
+    snapshot read so far) and then build every product again for each table of the
+    snapshot (products, variants, images, ...): that doubled the demo's initial load
+    and sent every consumer six documents per product.
+
+    The snapshot is held up half way for longer than any quiet spell the catch-up
+    could take for its end: a lock on product_categories stops it after products and
+    variants (the reader's end-of-snapshot record is what the catch-up waits for)."""
     seed_catalog(catalog_dsn, products=400, seed=7)
     # The raw topics exist (the reader creates them first thing), empty.
     tables = (*GLOBAL_TABLES, *OWNED_TABLES)
     ensure_topics(kafka_bootstrap, [TopicSpec(f"{topic_prefix}.public.{t}", 6) for t in tables])
+    held = threading.Event()
+
+    def hold_up_the_snapshot() -> None:
+        # Locked once the slot exists (its snapshot exported): a lock taken before would
+        # hold up the slot's creation instead (an exclusive lock takes a transaction id).
+        with psycopg.connect(catalog_dsn, autocommit=True) as watch:
+            deadline = time.monotonic() + 60
+            while (
+                time.monotonic() < deadline
+                and not watch.execute(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                    (f"s_{topic_prefix}",),
+                ).fetchone()
+            ):
+                time.sleep(0.005)
+            with psycopg.connect(catalog_dsn) as conn:
+                conn.execute("LOCK TABLE product_categories IN ACCESS EXCLUSIVE MODE")
+                while (
+                    time.monotonic() < deadline
+                    and not watch.execute(
+                        "SELECT 1 FROM pg_locks WHERE NOT granted "
+                        "AND relation = 'product_categories'::regclass"
+                    ).fetchone()
+                ):
+                    time.sleep(0.05)
+                held.set()  # the snapshot waits for product_categories
+                time.sleep(6.0)  # three catch-up windows with the inputs standing still
+
     with running_assembler(kafka_bootstrap, topic_prefix, tmp_path / "a.sqlite") as assembler:
         deadline = time.monotonic() + 60
         while not getattr(assembler, "owned", None) and time.monotonic() < deadline:
@@ -116,9 +149,14 @@ def test_an_assembler_started_before_the_reader_emits_each_product_once(
         assert assembler.owned, "the assembler was not assigned its partitions"
         time.sleep(2.0)  # many catch-up windows over empty inputs
         assert assembler.catching_up, "a catch-up ended before any input held a message"
-        with running_reader(catalog_dsn, kafka_bootstrap, topic_prefix):
+        holder = threading.Thread(target=hold_up_the_snapshot, daemon=True)
+        holder.start()
+        # Small chunks: the snapshot is still on products when the lock is taken.
+        with running_reader(catalog_dsn, kafka_bootstrap, topic_prefix, snapshot_chunk_size=10):
+            assert held.is_set(), "the snapshot was not held up half way"
             wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix)
             assert not assembler.catching_up
+        holder.join(60)
     history = version_history(kafka_bootstrap, topic_prefix, "product")
     assert len(history) >= 400
     again = {key: versions for key, versions in history.items() if len(versions) > 1}

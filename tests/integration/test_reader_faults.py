@@ -16,12 +16,15 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from pipeline.demo.edits import run_edits
 from pipeline.demo.seed import seed_catalog
+from pipeline.reader.state import ReaderStateStore
 from tests.integration.reader_support import (
     TABLE_KEYS,
     assert_topic_matches_table,
@@ -203,6 +206,10 @@ def test_crash_during_initial_snapshot_restarts_it_cleanly(
             "mid-snapshot",
         )
         assert "snapshot_done" not in log.read_text()
+        # What a new assembler waits on: the reader's record says a snapshot is running.
+        state = ReaderStateStore(kafka_bootstrap, topic_prefix)
+        key = f"{conninfo_to_dict(catalog_dsn)['dbname']}/{slot}"
+        assert state.load_all() == {key: {"snapshot_done": False}}
         proc.kill()
         proc.wait(10)
         with psycopg.connect(catalog_dsn) as conn:
@@ -217,6 +224,7 @@ def test_crash_during_initial_snapshot_restarts_it_cleanly(
         wait_for(lambda: _confirmed_caught_up(catalog_dsn, slot, str(target[0])), 60, "catch-up")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+        assert state.load(key) == {"snapshot_done": True, "consistent_point": ANY}
     finally:
         if proc.poll() is None:
             proc.kill()
