@@ -61,6 +61,7 @@ from pipeline.kafka import (
     TopicSpec,
     consumer_config,
     ensure_topics,
+    is_fatal,
     pause_while_idle,
     producer_config,
 )
@@ -416,8 +417,9 @@ class ConsumerRuntime:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                if err.fatal():
-                    raise SinkError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
+                if is_fatal(err):
+                    where = f"{msg.topic()}[{msg.partition()}]" if msg.topic() else "the consumer"
+                    raise SinkError(f"reading {where}: {err}; stopping, to be restarted")
                 log.warning("event=consumer_error consumer=%s error=%s", self.sink.name, err)
                 continue
             topic, part = msg.topic() or "", msg.partition() or 0
@@ -599,7 +601,7 @@ class ConsumerRuntime:
         try:
             results = self.consumer.commit(offsets=offsets, asynchronous=False) or []
         except KafkaException as exc:
-            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].fatal():
+            if exc.args and isinstance(exc.args[0], KafkaError) and is_fatal(exc.args[0]):
                 raise SinkError(f"committing offsets: {exc.args[0]}") from exc
             log.warning("event=commit_failed consumer=%s error=%s redelivery=expected",
                         self.sink.name, exc)  # fmt: skip

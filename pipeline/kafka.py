@@ -118,6 +118,19 @@ def ensure_topics(
     return counts
 
 
+def is_fatal(err: KafkaError) -> bool:
+    """Whether a consumer error means the client is dead for good (librdkafka's fatal
+    errors: a static member fenced by another with its ``group.instance.id``, ...).
+
+    A consumer reports it as a message whose error has the code ``_FATAL`` and whose
+    ``fatal()`` is false (confluent-kafka-python issue #869): checking ``fatal()``
+    alone took it for a passing broker error, and the consumer sat there, polling a
+    client that would never fetch again (seen: an assembler fenced after a 10 s stall
+    stopped emitting, with no error).
+    """
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
+
+
 def partition_for(value: object, partitions: int) -> int:
     """The partition of a partition-column value (``None`` goes to partition 0)."""
     if value is None:

@@ -62,6 +62,7 @@ from pipeline.kafka import (
     TopicSpec,
     consumer_config,
     ensure_topics,
+    is_fatal,
     partition_for,
     pause_while_idle,
     producer_config,
@@ -733,8 +734,9 @@ class Assembler:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                if err.fatal():
-                    raise AssemblerError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
+                if is_fatal(err):
+                    where = f"{msg.topic()}[{msg.partition()}]" if msg.topic() else "the consumer"
+                    raise AssemblerError(f"reading {where}: {err}; stopping, to be restarted")
                 # librdkafka reports broker outages and the like this way and recovers
                 # by itself: say so and go on (nothing is skipped, nothing committed).
                 log.warning(

@@ -14,7 +14,12 @@ import pytest
 from pipeline.assembler.state import GLOBAL_TABLES, OWNED_TABLES
 from pipeline.demo.seed import seed_catalog
 from pipeline.kafka import TopicSpec, ensure_topics
-from tests.integration.assembler_support import running_assembler, version_history, wait_in_sync
+from tests.integration.assembler_support import (
+    assembler_process,
+    running_assembler,
+    version_history,
+    wait_in_sync,
+)
 from tests.integration.reader_support import running_reader
 from tests.integration.test_registry import FakeRegistry, registry  # noqa: F401 - fixture
 
@@ -163,3 +168,39 @@ def test_an_assembler_started_before_the_reader_emits_each_product_once(
     assert not again, (
         f"{len(again)} products emitted more than once, e.g. {list(again.items())[:3]}"
     )
+
+
+def test_an_assembler_fenced_off_by_its_own_instance_id_exits_with_the_error(
+    catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """librdkafka reports a fatal consumer error (here: a second member with the same
+    ``group.instance.id``) as a message error with the code ``_FATAL`` and ``fatal()``
+    false.  Taken for a passing broker error, it left the assembler polling a client
+    that never fetched again: alive, emitting nothing, no error.  It must exit, so the
+    supervisor restarts it."""
+    seed_catalog(catalog_dsn, products=10, seed=3)
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    env = {"CATALOG_CDC_ASSEMBLER_INSTANCE_ID": f"{topic_prefix}-same"}
+    with running_reader(catalog_dsn, kafka_bootstrap, topic_prefix):
+        first = assembler_process(
+            kafka_bootstrap, topic_prefix, tmp_path / "a.sqlite", first_log, **env
+        )
+        second = None
+        try:
+            deadline = time.monotonic() + 60
+            while "event=partitions_assigned" not in first_log.read_text():
+                assert first.poll() is None, first_log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the first assembler got no partitions"
+                time.sleep(0.2)
+            second = assembler_process(
+                kafka_bootstrap, topic_prefix, tmp_path / "b.sqlite", second_log, **env
+            )
+            code = first.wait(60)  # a hang here is the bug
+            text = first_log.read_text()
+            assert code != 0, text[-3000:]
+            assert "Static consumer fenced" in text.splitlines()[-1], text[-3000:]
+        finally:
+            for proc in (first, second):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
