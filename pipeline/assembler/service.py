@@ -667,6 +667,9 @@ class Assembler:
         """End of a catch-up: emit every document of the owned partitions once (an
         unchanged one at the version last emitted for it, so none goes back)."""
         started = time.monotonic()
+        # The lag gauges say "read to the end" while every document is built (seconds
+        # to minutes), not what they said the last time they were refreshed.
+        self._owned_caught_up()
         self._sync_versions(self.owned)
         self._to_sync.clear()
         products = self.state.product_ids(self.owned)
