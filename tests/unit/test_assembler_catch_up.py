@@ -53,7 +53,30 @@ def _assembler(slack: int, window: float = 0.0) -> tuple[Assembler, _Ends, _Ends
     asm._window_start = time.monotonic()
     asm._waiting_logged = False
     asm._extensions = 0
+    # No `{prefix}._reader` record (raw events not from a reader): the growth rule.
+    asm._reader_state = SimpleNamespace(load_all=dict)  # type: ignore[assignment]
+    asm._snapshot_done = None
+    asm._snapshot_checked = 0.0
+    asm._snapshot_logged = False
+    asm._after_snapshot = False
     return asm, group, globals_
+
+
+def test_a_catch_up_waits_for_the_readers_snapshot_then_reads_to_the_ends_once_more() -> None:
+    """With a reader record, its word decides: while it says the snapshot runs the
+    catch-up reads on (whatever the growth); once done, the inputs' ends are taken once
+    more and the catch-up ends only when it has read to them."""
+    asm, group, _ = _assembler(slack=10**9)
+    records = {"db/slot": {"snapshot_done": False}}
+    asm._reader_state = SimpleNamespace(load_all=lambda: records)  # type: ignore[assignment]
+    assert not asm._inputs_settled()
+    records["db/slot"] = {"snapshot_done": True}
+    asm._snapshot_checked = 0.0  # (read at most every 0.5 s)
+    group.ends[("p.public.product_variants", 0)] = 40  # the snapshot's last table
+    assert not asm._inputs_settled()
+    assert asm._targets[("p.public.product_variants", 0)] == 40
+    asm._positions[("p.public.product_variants", 0)] = 40
+    assert asm._reached_targets() and asm._inputs_settled()
 
 
 def test_a_catch_up_ends_when_nothing_more_arrived() -> None:
