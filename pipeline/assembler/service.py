@@ -489,7 +489,7 @@ class Assembler:
             if not self._after_snapshot:
                 self._after_snapshot = True
                 now_ends = self._input_ends().items()
-                self._targets.update({k: high for k, (start, high) in now_ends if high > start})
+                self._targets.update({k: high for k, (start, high, _) in now_ends if high > start})
                 log.info("event=catch_up_snapshot_ended hint=%s", "reading to the inputs' ends")
                 return self._reached_targets()
             return True
@@ -500,7 +500,7 @@ class Assembler:
         grown = readable = 0
         ends: dict[tuple[str, int], int] = {}
         new: dict[tuple[str, int], int] = {}
-        for key, (start, high, low) in self._input_ends(with_low=True).items():
+        for key, (start, high, low) in self._input_ends().items():
             grown += max(0, high - max(low, self._base.get(key, low)))
             readable += max(0, high - low)
             ends[key] = high
@@ -553,10 +553,10 @@ class Assembler:
                 )
         return self._snapshot_done
 
-    def _input_ends(self, with_low: bool = False) -> dict[tuple[str, int], Any]:
-        """Every assigned input's (position to read from, high watermark[, low]), asked
+    def _input_ends(self) -> dict[tuple[str, int], tuple[int, int, int]]:
+        """Every assigned input's (position to read from, high, low watermark), asked
         of the broker now."""
-        out: dict[tuple[str, int], Any] = {}
+        out: dict[tuple[str, int], tuple[int, int, int]] = {}
         for consumer, tps in (
             (self.group, self._assigned),
             (self.globals, self.globals.assignment()),
@@ -565,7 +565,7 @@ class Assembler:
                 key = (tp.topic, tp.partition)
                 low, high = consumer.get_watermark_offsets(tp, cached=False, timeout=10)
                 start = max(low, self._positions.get(key, 0))
-                out[key] = (start, high, low) if with_low else (start, high)
+                out[key] = (start, high, low)
         return out
 
     # -- taking partitions over ---------------------------------------------------------
@@ -717,15 +717,10 @@ class Assembler:
         if not self._assigned:
             return False
         behind = False
-        for consumer, tps in (
-            (self.group, self._assigned),
-            (self.globals, self.globals.assignment()),
-        ):
-            for tp in tps:
-                low, high = consumer.get_watermark_offsets(tp, cached=False, timeout=5)
-                lag = max(0, high - max(low, self._positions.get((tp.topic, tp.partition), 0)))
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
-                behind = behind or lag > 0
+        for (topic, part), (start, high, _) in self._input_ends().items():
+            lag = max(0, high - start)
+            self.metrics.lag.labels(topic, str(part)).set(lag)
+            behind = behind or lag > 0
         return not behind
 
     def _decode(self, msgs: list[Message]) -> list[_Input]:

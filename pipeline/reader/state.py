@@ -58,8 +58,14 @@ class ReaderStateStore:
                 key, value = (msg.key() or b"").decode(), msg.value()
                 if value is None:
                     found.pop(key, None)
-                else:
+                    continue
+                try:
                     found[key] = json.loads(value)
+                except ValueError as exc:
+                    raise ReaderError(
+                        f"the record {key!r} at offset {msg.offset()} of {self.topic} is not "
+                        f"JSON ({exc}): delete it (a null value for that key) or fix its writer"
+                    ) from exc
             return found
         finally:
             consumer.close()
