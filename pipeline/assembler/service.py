@@ -48,7 +48,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline.assembler.assemble import Batch, Emission, KeyedCount, Output
+from pipeline.assembler.assemble import Batch, Emission, KeyedCount, Output, key_from_row
 from pipeline.assembler.codec import DocumentCodec, doc_key, doc_topic, headers_of
 from pipeline.assembler.metrics import AssemblerMetrics
 from pipeline.assembler.settings import AssemblerSettings
@@ -755,9 +755,11 @@ class Assembler:
                     item = KeyedCount.from_json(value)
                     lsn = item.lsn
                 else:
-                    decoded = self.codec.decode(msg.key() or None, value)
-                    if decoded is None:
-                        continue
+                    decoded = self.codec.decode_value(value, before_of_deletes_only=True)
+                    decoded.key = key_from_row(table, decoded)
+                    raw_key = msg.key()
+                    if decoded.key is None and raw_key:
+                        decoded.key = self.codec.decode_key(raw_key)
                     item, lsn = decoded, decoded.source.lsn
             except CatalogCdcError as exc:
                 raise AssemblerError(

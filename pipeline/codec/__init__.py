@@ -70,8 +70,14 @@ class EventCodec(Protocol):
         data: bytes,
         reader_schema: AvroSchema | None = None,
         table_schema: TableSchema | None = None,
+        *,
+        before_of_deletes_only: bool = False,
     ) -> ChangeEvent:
-        """The event of value bytes, optionally resolved to ``reader_schema``."""
+        """The event of value bytes, optionally resolved to ``reader_schema``.
+
+        ``before_of_deletes_only``: ``before`` stays ``None`` unless the event is a
+        delete (for a reader that keeps row images itself).
+        """
         ...
 
     def decode(self, key: bytes | None, value: bytes | None) -> ChangeEvent | None:

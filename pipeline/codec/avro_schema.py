@@ -1188,11 +1188,22 @@ class EnvelopeDecoder:
         self._decode_row = _row_decoder(_record_fields(value, names), names)
 
     def from_avro_record(
-        self, record: Mapping[str, Any], table_schema: TableSchema | None = None
+        self,
+        record: Mapping[str, Any],
+        table_schema: TableSchema | None = None,
+        *,
+        before_of_deletes_only: bool = False,
     ) -> ChangeEvent:
-        """The :class:`ChangeEvent` of an envelope record (``key`` left ``None``)."""
+        """The :class:`ChangeEvent` of an envelope record (``key`` left ``None``).
+
+        ``before_of_deletes_only``: leave ``before`` ``None`` unless the event is a
+        delete, for a reader that keeps the rows' images itself (the assembler): it
+        spares converting an image nobody reads.
+        """
         decode = self._decode_row
         before, after, s = record["before"], record["after"], record["source"]
+        if before_of_deletes_only and record["op"] != "d":
+            before = None
         return ChangeEvent(
             op=record["op"],
             source=Source(

@@ -251,10 +251,13 @@ class ConfluentRegistryCodec:
         data: bytes,
         reader_schema: AvroSchema | None = None,
         table_schema: TableSchema | None = None,
+        *,
+        before_of_deletes_only: bool = False,
     ) -> ChangeEvent:
         """The change event of a Confluent-framed value message (``key`` left ``None``).
 
-        With ``reader_schema`` the record is resolved to it (Avro schema resolution).
+        With ``reader_schema`` the record is resolved to it (Avro schema resolution);
+        ``before_of_deletes_only``: see :meth:`EnvelopeDecoder.from_avro_record`.
         """
         schema_id, body = self.split(data)
         writer = self._writer(schema_id)
@@ -265,7 +268,9 @@ class ConfluentRegistryCodec:
         if reader_schema is not None:
             reader, decoder = self._reader(reader_schema)
         record = self._read(schema_id, body, writer.parsed, reader)
-        return decoder.from_avro_record(record, table_schema)
+        return decoder.from_avro_record(
+            record, table_schema, before_of_deletes_only=before_of_deletes_only
+        )
 
     def decode(self, key: bytes | None, value: bytes | None) -> ChangeEvent | None:
         """The event of a Kafka message; ``None`` for a tombstone (null value)."""

@@ -269,13 +269,22 @@ class SingleObjectCodec:
         data: bytes,
         reader_schema: AvroSchema | None = None,
         table_schema: TableSchema | None = None,
+        *,
+        before_of_deletes_only: bool = False,
     ) -> ChangeEvent:
-        """The change event of a value message (``key`` is ``None``; see :meth:`decode`)."""
+        """The change event of a value message (``key`` is ``None``; see :meth:`decode`).
+
+        ``before_of_deletes_only``: see :meth:`EnvelopeDecoder.from_avro_record`.
+        """
         record, schema = self._encoding.decode(data, reader_schema)
-        if not is_envelope_schema(schema):
-            raise DecodeError(f"message schema {schema.get('name')!r} is not a change envelope")
-        decoder: EnvelopeDecoder = self._decoder_for(schema, self._envelopes, EnvelopeDecoder)
-        return decoder.from_avro_record(record, table_schema)
+        decoder: EnvelopeDecoder | None = self._envelopes.get(id(schema))
+        if decoder is None:
+            if not is_envelope_schema(schema):
+                raise DecodeError(f"message schema {schema.get('name')!r} is not a change envelope")
+            decoder = self._decoder_for(schema, self._envelopes, EnvelopeDecoder)
+        return decoder.from_avro_record(
+            record, table_schema, before_of_deletes_only=before_of_deletes_only
+        )
 
     def decode(self, key: bytes | None, value: bytes | None) -> ChangeEvent | None:
         """The event of a Kafka message; ``None`` for a tombstone (null value)."""

@@ -200,6 +200,8 @@ def test_wire_format_and_what_the_client_sent(registry: tuple[str, FakeRegistry]
     assert decoded.after == event.after and decoded.before == event.before
     assert decoded.before is not None and decoded.before["attrs"] is UNCHANGED_TOAST
     assert decoded.key == {"id": 1} and decoded.source == SOURCE and decoded.op == "u"
+    lean = reader.decode_value(value, before_of_deletes_only=True)  # an update: no before
+    assert lean.before is None and lean.after == event.after and lean.source == SOURCE
     gets = [r.path for r in state.requests if r.method == "GET"]
     assert f"/schemas/ids/{value_id}" in gets and f"/schemas/ids/{key_id}" in gets
     assert reader.decode(key, None) is None  # tombstone

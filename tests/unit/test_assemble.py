@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from pipeline.assembler.assemble import Batch, Emission, KeyedCount, Output, row_key
+from pipeline.assembler.assemble import (
+    Batch,
+    Emission,
+    KeyedCount,
+    Output,
+    key_from_row,
+    row_key,
+)
 from pipeline.assembler.codec import DocumentCodec, headers_of
 from pipeline.assembler.documents import (
     BrandRef,
@@ -1589,3 +1596,24 @@ def test_a_stored_row_is_updated_in_place_or_replaced_and_its_indexes_follow() -
     assert st.row("product_variants", "7") == (13, {"id": 7, "product_id": 2, "sku": "S7",
                                                     "quantity": 8})  # fmt: skip
     assert st.db.execute("SELECT part FROM rows WHERE key = '7'").fetchone() == (2,)
+
+
+def test_the_key_comes_from_the_row_image_and_is_none_when_the_image_lacks_it() -> None:
+    src = Source("catalog", "public", "product_variants", 10, 1, 1)
+    after = {"id": 7, "product_id": 3, "sku": "A"}
+    assert key_from_row("product_variants", ChangeEvent("u", src, 1, after=after)) == {"id": 7}
+    # a delete: the before image (its key columns at least) gives the key
+    gone = ChangeEvent("d", src, 1, before={"id": 7, "product_id": None})
+    assert key_from_row("product_variants", gone) == {"id": 7}
+    link = {"product_id": 3, "category_id": 9, "position": 1}
+    assert key_from_row("product_categories", ChangeEvent("c", src, 1, after=link)) == {
+        "product_id": 3,
+        "category_id": 9,
+    }
+    # no image, a key column missing or NULL, or an unchanged TOAST marker: decode the key
+    assert key_from_row("products", ChangeEvent("t", src, 1)) is None
+    half = ChangeEvent("c", src, 1, after={"product_id": 3})
+    assert key_from_row("product_categories", half) is None
+    assert key_from_row("products", ChangeEvent("d", src, 1, before={"id": None})) is None
+    toast = ChangeEvent("u", src, 1, after={"id": UNCHANGED_TOAST})
+    assert key_from_row("products", toast) is None

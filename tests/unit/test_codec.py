@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 import json
@@ -311,6 +312,20 @@ def test_fast_writer_bytes_equal_fastavro(event: ChangeEvent) -> None:
     reference = io.BytesIO()
     schemaless_writer(reference, table.parsed_value, table.to_avro_record(event))
     assert bytes(fast) == reference.getvalue()
+
+
+@settings(max_examples=200, deadline=None)
+@given(event=EVENTS)
+def test_before_of_deletes_only_leaves_out_just_the_before_of_other_ops(
+    event: ChangeEvent,
+) -> None:
+    codec = SingleObjectCodec(InMemorySchemaStore(), PREFIX)
+    value = codec.encode_value(TOPIC, TABLE, event)
+    full = codec.decode_value(value)
+    lean = codec.decode_value(value, before_of_deletes_only=True)
+    assert norm_event(lean) == norm_event(
+        dataclasses.replace(full, before=full.before if event.op == "d" else None)
+    )
 
 
 def test_toast_null_and_lookalike_text_stay_distinct(codec: SingleObjectCodec) -> None:
