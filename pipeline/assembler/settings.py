@@ -31,7 +31,16 @@ class AssemblerSettings(BaseSettings):
             "takes its partitions back at once, without a rebalance"
         ),
     )
-    batch_size: int = Field(default=5000, ge=1, description="messages per poll batch")
+    batch_size: int = Field(
+        default=20000,
+        ge=1,
+        description=(
+            "messages per poll batch (at most): a batch takes what has arrived, so under "
+            "load batches grow and the edits of one product in a batch make one document; "
+            "5,000 capped the batch below what 5,000 edits/s bring in a cycle (bench: p99 "
+            "6.4-8.3 s, 20,000: 4.6 s)"
+        ),
+    )
     poll_timeout: float = Field(default=0.05, gt=0, description="seconds a poll waits")
     idle_pause: float = Field(
         default=0.15,
