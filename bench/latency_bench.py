@@ -16,7 +16,8 @@ after the edits stop.  The highest sustained rate is then run for 60 s, ``--roun
 times (each figure of the report is the median of those runs, with min and max:
 p50/p99/max, the rate reached, and the writes the sink saved, documents whose indexed
 content had not changed since its last write, skipped by content hash).  When most of
-those runs do not hold the rate, they run again at the next lower sustained one.
+those runs do not hold the rate, they run again at the next lower sustained one
+(below the lowest probe: at half the rate, down to 5 edits/s).
 
 Usage: python bench/latency_bench.py [--products N] [--rates 25,50,...] [--duration S]
        [--consumer NAME] [--probe S] [--rounds R] [--json FILE]
@@ -55,6 +56,8 @@ from pipeline.settings import load_connections
 CLI = str(Path(sys.executable).parent / "catalog-cdc")
 SUSTAINED_P99_S = 5.0
 SUSTAINED_DRAIN_S = 5.0
+MIN_FINAL_RATE = 5.0
+"""The final runs step down (halving below the lowest probe) no further than this."""
 POSTGRES = "postgres (all its processes)"
 
 
@@ -419,13 +422,19 @@ def _run(
                 finals.append(_phase(dsn, runtime, sink, col, watch, pids, rate, duration))
                 print(_line(f"final {k + 1}/{rounds} at {rate:.0f}/s", finals[-1]), flush=True)
             held = sum(1 for f in finals if f["sustained"])
+            if best is None or 2 * held > len(finals):
+                break
+            # The next lower probe that held; below the lowest probe, half the rate
+            # (down to MIN_FINAL_RATE): the figure is then at a rate that holds, or
+            # the report says that none did.
             lower = [r for r in held_rates if r < rate]
-            if best is None or 2 * held > len(finals) or not lower:
+            step = lower[-1] if lower else float(int(rate // 2))
+            if step < MIN_FINAL_RATE:
                 break
             print(f"{rate:.0f} edits/s held in {held} of {len(finals)} final runs: "
-                  f"stepping down to {lower[-1]:.0f}", flush=True)  # fmt: skip
+                  f"stepping down to {step:.0f}", flush=True)  # fmt: skip
             stepped_down.append({"rate": rate, "finals": finals})
-            rate = best = lower[-1]
+            rate = best = step
         watch.close()
         rss = {
             "reader": _vm_hwm_kb(reader.pid) / 1024,
@@ -441,6 +450,7 @@ def _run(
         "products": products,
         "probes": probes,
         "best_rate": best,
+        "final_held": 2 * sum(1 for f in finals if f["sustained"]) > len(finals),
         "final": finals[0],
         "finals": finals,
         "stepped_down": stepped_down,

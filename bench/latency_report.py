@@ -17,6 +17,8 @@ def render(data: dict[str, Any]) -> list[str]:
     rate = data["best_rate"] or final["rate"]
     heading = (
         "At the highest sustained rate"
+        if data["best_rate"] and data.get("final_held", True)
+        else "No rate held over the full runs; at the lowest tried"
         if data["best_rate"]
         else "No probed rate was sustained; at the lowest"
     )

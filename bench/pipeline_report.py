@@ -132,7 +132,8 @@ def render_sinks(per_sink: dict[str, dict[str, Any]]) -> list[str]:
         "it (offset committed) minus the PostgreSQL commit time of its newest change. The",
         "highest sustained rate ran several times: each figure is the median of the runs,",
         "min-max in brackets (held: the runs that sustained it); when most runs did not",
-        "hold it, they ran again at the next lower sustained rate.",
+        "hold it, they ran again at the next lower sustained rate (below the lowest probe:",
+        "at half the rate, down to 5 edits/s).",
         "",
         "| sink | highest sustained (edits/s) | runs (held) | p50 s | p99 s | max s | records "
         "| busiest process |",
@@ -142,7 +143,12 @@ def render_sinks(per_sink: dict[str, dict[str, Any]]) -> list[str]:
         finals = data.get("finals") or [data["final"]]
         best = data["best_rate"]
         first = finals[0]
-        rate = f"{best:.0f}" if best else f"none (at {first['rate']:.0f}: not sustained)"
+        if best and data.get("final_held", True):
+            rate = f"{best:.0f}"
+        elif best:
+            rate = f"none over {first['seconds']:.0f} s (lowest tried: {best:.0f})"
+        else:
+            rate = f"none (at {first['rate']:.0f}: not sustained)"
         lines.append(
             f"| {name} | {rate} | {len(finals)} ({sum(1 for f in finals if f['sustained'])}) | "
             f"{spread([f['p50_s'] for f in finals])} | "
