@@ -10,6 +10,7 @@ one product keeps the REST contract server free of same-second writes.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC
@@ -114,6 +115,24 @@ def _pulses(backends: dict[str, tuple[ConsumerRuntime, KvBackend]]) -> dict[str,
     return {name: b.get(PULSE) for name, (_, b) in backends.items()}
 
 
+def _settled_pulses(
+    backends: dict[str, tuple[ConsumerRuntime, KvBackend]], timeout: float = 30
+) -> dict[str, str | None]:
+    """The pulses once every sink is done with its last batch.  Equal content is not
+    enough: the REST backend sends ``pulse`` last and may wait up to 1 s for it (the
+    seed's one write per key per second), so a batch can be out but for its pulse.
+    Settled = each store's pulse is its sink's confirmed one, unchanged over 1.5 s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        first = _pulses(backends)
+        time.sleep(1.5)
+        again = _pulses(backends)
+        confirmed = {name: getattr(r.sink, "pulse", None) for name, (r, _) in backends.items()}
+        if first == again == confirmed:
+            return again
+        assert time.monotonic() < deadline, f"pulses never settled: {first} {again} {confirmed}"
+
+
 def test_every_backend_follows_the_database(
     catalog_dsn: str, kafka_bootstrap: str, topic_prefix: str, redis_url: str, tmp_path: Path
 ) -> None:
@@ -173,7 +192,7 @@ def test_every_backend_follows_the_database(
         assert kv.state()["violations"] == []
 
         # No-op redeliveries (the latest documents again, same versions): pulse stays.
-        pulses = _pulses(backends)
+        pulses = _settled_pulses(backends)
         assert all(pulses.values()), pulses
         latest = latest_documents(kafka_bootstrap, topic_prefix, "product")
         codec = document_codec(kafka_bootstrap, topic_prefix)
