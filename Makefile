@@ -60,12 +60,13 @@ test: lint typecheck pytest
 
 # The benchmarks run on a stack of their own, started empty and stopped at the end, so
 # that figures do not depend on what the tests left in the shared .stack (its broker
-# holds every test's topics) or on services left running there.
+# holds every test's topics) or on services left running there; run.py wipes and restarts
+# it between benchmark scripts too (noida-db's autosave CPU grows with what it holds).
 BENCH_STACK ?= $(CURDIR)/.stack-bench
 bench: $(STAMP)
 	-@CATALOG_CDC_STACK_DIR=$(BENCH_STACK) $(BIN)/catalog-cdc stack down --wipe >/dev/null 2>&1
 	CATALOG_CDC_STACK_DIR=$(BENCH_STACK) $(BIN)/catalog-cdc stack up
-	CATALOG_CDC_STACK_DIR=$(BENCH_STACK) $(BIN)/python bench/run.py $(BENCH_ARGS); \
+	CATALOG_CDC_STACK_DIR=$(BENCH_STACK) $(BIN)/python bench/run.py --fresh-stack $(BENCH_ARGS); \
 	rc=$$?; CATALOG_CDC_STACK_DIR=$(BENCH_STACK) $(BIN)/catalog-cdc stack down; exit $$rc
 
 stack-up: $(STAMP)

@@ -65,9 +65,29 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
-def _bench(script: str, *args: object) -> None:
-    """Run one benchmark script of this folder with ``args``; fail if it fails."""
-    subprocess.run([sys.executable, str(HERE / script), *map(str, args)], check=True)
+class _Benches:
+    """Runs the benchmark scripts of this folder, one subprocess each.
+
+    With ``fresh_stack`` every script but the first starts on a wiped, restarted stack
+    (``CATALOG_CDC_STACK_DIR``, the bench's own).  noida-db keeps every topic and index
+    in memory and its ``autosave`` thread writes all of it out again and again, so its
+    CPU grows with what the broker holds: measured 2026-12-04 on one bench stack, after
+    the reader, assembler and search sections had left over two million messages there,
+    0.5-0.7 of the 2 cores went to that thread (RSS 1.3 GB in the latency sections, 4.8
+    GB in the replay one), taken from whatever was measured next."""
+
+    def __init__(self, fresh_stack: bool) -> None:
+        self.fresh_stack = fresh_stack
+        self.started = 0
+
+    def __call__(self, script: str, *args: object) -> None:
+        """Run ``script`` with ``args``; fail if it fails."""
+        if self.fresh_stack and self.started:
+            cli = Path(sys.executable).with_name("catalog-cdc")
+            for action in (["down", "--wipe"], ["up"]):
+                subprocess.run([str(cli), "stack", *action], check=True, stdout=subprocess.DEVNULL)
+        self.started += 1
+        subprocess.run([sys.executable, str(HERE / script), *map(str, args)], check=True)
 
 
 def main() -> int:
@@ -82,7 +102,17 @@ def main() -> int:
         choices=[*ALL],
         help="run only these benchmarks (repeatable); the others are rendered from bench/out/",
     )
+    parser.add_argument(
+        "--fresh-stack",
+        action="store_true",
+        help="wipe and restart the stack ($CATALOG_CDC_STACK_DIR) before every benchmark "
+        "script but the first (make bench does, on its own .stack-bench; never on a stack "
+        "whose data you want)",
+    )
     args = parser.parse_args()
+    if args.fresh_stack and not os.environ.get("CATALOG_CDC_STACK_DIR"):
+        parser.error("--fresh-stack wipes the stack: name it with CATALOG_CDC_STACK_DIR")
+    _bench = _Benches(args.fresh_stack)
     only = set(args.only or ALL)
     rows, rounds, big = (50_000, 1, 200_000) if args.quick else (200_000, 5, 1_000_000)
     out_dir = HERE / "out"
