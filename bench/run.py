@@ -66,15 +66,10 @@ def _cpu() -> str:
 
 
 class _Benches:
-    """Runs the benchmark scripts of this folder, one subprocess each.
-
-    With ``fresh_stack`` every script but the first starts on a wiped, restarted stack
-    (``CATALOG_CDC_STACK_DIR``, the bench's own).  noida-db keeps every topic and index
-    in memory and its ``autosave`` thread writes all of it out again and again, so its
-    CPU grows with what the broker holds: measured 2026-12-04 on one bench stack, after
-    the reader, assembler and search sections had left over two million messages there,
-    0.5-0.7 of the 2 cores went to that thread (RSS 1.3 GB in the latency sections, 4.8
-    GB in the replay one), taken from whatever was measured next."""
+    """Runs the benchmark scripts of this folder, one subprocess each; with
+    ``fresh_stack`` every script but the first starts on a wiped, restarted stack
+    (``CATALOG_CDC_STACK_DIR``, the bench's own): noida-db's autosave CPU grows with
+    what it holds (bench/README.md)."""
 
     def __init__(self, fresh_stack: bool) -> None:
         self.fresh_stack = fresh_stack

@@ -116,21 +116,23 @@ def _pulses(backends: dict[str, tuple[ConsumerRuntime, KvBackend]]) -> dict[str,
 
 
 def _settled_pulses(
-    backends: dict[str, tuple[ConsumerRuntime, KvBackend]], timeout: float = 30
+    backends: dict[str, tuple[ConsumerRuntime, KvBackend]],
 ) -> dict[str, str | None]:
     """The pulses once every sink is done with its last batch.  Equal content is not
     enough: the REST backend sends ``pulse`` last and may wait up to 1 s for it (the
     seed's one write per key per second), so a batch can be out but for its pulse.
     Settled = each store's pulse is its sink's confirmed one, unchanged over 1.5 s."""
-    deadline = time.monotonic() + timeout
-    while True:
+    seen: dict[str, str | None] = {}
+
+    def settled() -> bool:
         first = _pulses(backends)
         time.sleep(1.5)
-        again = _pulses(backends)
+        seen.update(_pulses(backends))
         confirmed = {name: getattr(r.sink, "pulse", None) for name, (r, _) in backends.items()}
-        if first == again == confirmed:
-            return again
-        assert time.monotonic() < deadline, f"pulses never settled: {first} {again} {confirmed}"
+        return first == seen == confirmed
+
+    wait_for(settled, 30, "the pulses to settle")
+    return seen
 
 
 def test_every_backend_follows_the_database(
