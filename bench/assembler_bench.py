@@ -4,7 +4,7 @@ For each round: a fresh database with the demo catalog of N products, a reader (
 thread) that snapshots it onto the raw topics, then:
 
 - **reference**: the documents straight from PostgreSQL (one consistent snapshot, SQL
-  joins, the same pydantic models: ``pipeline.assembler.reference``) — what building
+  joins, the same pydantic models: ``pipeline.documents.reference``) — what building
   the documents costs when the database does the joining;
 - **assembler**: ``catalog-cdc assembler`` (a subprocess, fresh state) from start
   until every product document is on ``{prefix}.doc.products`` (Kafka end offsets,
@@ -40,9 +40,9 @@ from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 from reader_bench import _cpu_s, _vm_hwm_kb, _with_db  # the same /proc and DSN helpers
 
-from pipeline.assembler.reference import expected_documents
 from pipeline.demo.catalog import load_schema
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.reference import expected_documents
 from pipeline.kafka import consumer_config
 from pipeline.reader.service import Reader
 from pipeline.reader.settings import ReaderSettings

@@ -27,7 +27,7 @@ def render(data: dict[str, Any]) -> list[str]:
         "end offsets; nothing else is polled): it reads every raw event, keeps its SQLite",
         "state, builds, validates, Avro-encodes and produces each document and waits for the",
         "acknowledgements. **Reference**: the same documents built straight from PostgreSQL",
-        "by SQL joins in one snapshot (`pipeline/assembler/reference.py`, the same pydantic",
+        "by SQL joins in one snapshot (`pipeline/documents/reference.py`, the same pydantic",
         "models) — the cost when the database does the joining. **Fan-out**: every product",
         "is given one brand, then the brand is renamed (one row); timed from the rename's",
         f"commit until {products:,} new product documents are on the topic (the reader's",

@@ -41,12 +41,13 @@ from search_bench import _documents
 
 from consumers.search import mapping
 from consumers.search.sink import delete_index
-from pipeline.assembler.codec import doc_key, doc_topic, headers_of
-from pipeline.assembler.documents import ProductDocument
-from pipeline.assembler.topics import document_codec
+from pipeline.documents.model import ProductDocument
+from pipeline.documents.reading import document_codec
+from pipeline.documents.wire import doc_key, headers_of
 from pipeline.kafka import TopicSpec, ensure_topics, partition_for, producer_config
 from pipeline.replay import replay
 from pipeline.settings import ConnectionSettings, load_connections
+from pipeline.topics import doc_topic
 
 
 def _clone(docs: list[ProductDocument], n: int) -> list[ProductDocument]:

@@ -37,7 +37,7 @@ from reader_bench import _vm_hwm_kb, _with_db
 from replay_bench import _put_on_topic, _settle, clones
 from search_bench import _documents
 
-from pipeline.assembler.documents import ProductDocument
+from pipeline.documents.model import ProductDocument
 from pipeline.kafka import TopicSpec, ensure_topics
 from pipeline.settings import load_connections
 

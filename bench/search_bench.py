@@ -33,10 +33,10 @@ from reader_bench import _with_db
 
 from consumers.search import mapping
 from consumers.search.sink import SearchSink, delete_index
-from pipeline.assembler.codec import DocumentMessage
-from pipeline.assembler.documents import ProductDocument
-from pipeline.assembler.reference import expected_documents
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.model import ProductDocument
+from pipeline.documents.reference import expected_documents
+from pipeline.documents.wire import DocumentMessage
 from pipeline.settings import load_connections
 
 

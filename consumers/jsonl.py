@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from consumers.registry import SinkContext
 from consumers.runtime import Record, Rejected
-from pipeline.assembler.documents import to_json
+from pipeline.documents.model import to_json
 
 log = logging.getLogger(__name__)
 

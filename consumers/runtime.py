@@ -6,7 +6,7 @@ rest, the same way for every consumer:
 
 1. reads the document topics the sink asks for (``{prefix}.doc.products``,
    ``{prefix}.doc.categories``) in the consumer group ``{prefix}-{name}``;
-2. decodes each message into a :class:`~pipeline.assembler.codec.DocumentMessage`; a
+2. decodes each message into a :class:`~pipeline.documents.wire.DocumentMessage`; a
    message that cannot be decoded is a *poison* record;
 3. hands the batch to the sink and flushes it.  A
    :class:`TransientSinkError` (timeouts, 429, 5xx, connection errors) retries the
@@ -51,9 +51,9 @@ from confluent_kafka import (
 )
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from pipeline.assembler.codec import DocumentCodec, DocumentMessage, doc_key, doc_topic, headers_of
-from pipeline.assembler.topics import document_codec
 from pipeline.codec import EventCodec, make_codec
+from pipeline.documents.reading import document_codec
+from pipeline.documents.wire import DocumentCodec, DocumentMessage, doc_key, headers_of
 from pipeline.errors import CatalogCdcError
 from pipeline.events import ChangeEvent
 from pipeline.kafka import (
@@ -66,6 +66,7 @@ from pipeline.kafka import (
     producer_config,
 )
 from pipeline.settings import metrics_address
+from pipeline.topics import doc_topic
 
 log = logging.getLogger(__name__)
 

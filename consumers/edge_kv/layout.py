@@ -49,8 +49,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
-from pipeline.assembler.documents import CategoryDocument, ProductDocument, to_json
 from pipeline.codec.avro_schema import _json_dumps, _json_loads
+from pipeline.documents.model import CategoryDocument, ProductDocument, to_json
 
 __all__ = [
     "KEY_MAX_BYTES",

@@ -53,7 +53,7 @@ from consumers.edge_kv.layout import (
 from consumers.edge_kv.state import Entity, SinkState, entity
 from consumers.registry import SinkContext
 from consumers.runtime import RawRecord, Record, Rejected
-from pipeline.assembler.documents import ProductDocument
+from pipeline.documents.model import ProductDocument
 from pipeline.errors import ConfigurationError
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent
 

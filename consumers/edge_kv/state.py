@@ -32,7 +32,7 @@ from consumers.edge_kv.layout import (
     ProductFacts,
     StoreRow,
 )
-from pipeline.assembler.documents import CategoryDocument, ProductDocument, from_json, to_json
+from pipeline.documents.model import CategoryDocument, ProductDocument, from_json, to_json
 
 __all__ = ["Entity", "SinkState", "decode_body", "encode_body", "entity"]
 

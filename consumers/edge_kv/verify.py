@@ -2,7 +2,7 @@
 
 *Expected*: the layout (:func:`~consumers.edge_kv.layout.full_layout`) of a
 :class:`~consumers.edge_kv.layout.Catalog` filled from the database: the documents of
-:func:`~pipeline.assembler.reference.expected_documents` and the ``stores`` and
+:func:`~pipeline.documents.reference.expected_documents` and the ``stores`` and
 ``cms_pages`` rows, with the consumer's ``page_size``.  *Actual*: every key of the
 consumer's backend (the same ``--option``s as ``catalog-cdc consume edge-kv``) but
 ``pulse`` (a change counter, not data).  Values are compared as JSON, field by field.
@@ -48,9 +48,9 @@ from consumers.edge_kv.sink import EdgeKvSink
 from consumers.edge_kv.state import SinkState
 from consumers.registry import SinkContext, load
 from consumers.runtime import TransientSinkError
-from pipeline.assembler.codec import DocumentMessage
-from pipeline.assembler.documents import CategoryDocument, ProductDocument
-from pipeline.assembler.reference import comparable, expected_documents
+from pipeline.documents.model import CategoryDocument, ProductDocument
+from pipeline.documents.reference import comparable, expected_documents
+from pipeline.documents.wire import DocumentMessage
 from pipeline.verify.base import (
     RepairOutcome,
     VerifyError,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.assembler.documents import ProductDocument
+from pipeline.documents.model import ProductDocument
 
 MONEY: dict[str, Any] = {"type": "scaled_float", "scaling_factor": 100}
 KEYWORD: dict[str, Any] = {"type": "keyword"}

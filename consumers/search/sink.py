@@ -36,7 +36,7 @@ from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elastics
 from consumers.registry import SinkContext
 from consumers.runtime import Record, Rejected, SinkError, TransientSinkError
 from consumers.search import mapping
-from pipeline.assembler.documents import ProductDocument
+from pipeline.documents.model import ProductDocument
 from pipeline.errors import ConfigurationError
 
 log = logging.getLogger(__name__)

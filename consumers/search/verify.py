@@ -1,6 +1,6 @@
 """``catalog-cdc verify search``: the index behind ``{prefix}-products`` against the database.
 
-*Expected*: :func:`~pipeline.assembler.reference.expected_documents` (the SQL join), each
+*Expected*: :func:`~pipeline.documents.reference.expected_documents` (the SQL join), each
 product in its indexed form (:func:`~consumers.search.mapping.body`) without ``version``.
 *Actual*: every document of the alias, read with a scroll of :data:`CHUNK` documents
 (the local Elasticsearch-API server is slow on large searches: moderate pages), its
@@ -29,9 +29,9 @@ from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elastics
 from consumers.registry import SinkContext, load
 from consumers.search import mapping
 from consumers.search.sink import SearchSink
-from pipeline.assembler.codec import DocumentMessage
-from pipeline.assembler.documents import ProductDocument
-from pipeline.assembler.reference import expected_documents
+from pipeline.documents.model import ProductDocument
+from pipeline.documents.reference import expected_documents
+from pipeline.documents.wire import DocumentMessage
 from pipeline.verify.base import (
     RepairOutcome,
     VerifyError,

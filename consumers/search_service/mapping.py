@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
-from pipeline.assembler.documents import CategoryDocument, ProductDocument
+from pipeline.documents.model import CategoryDocument, ProductDocument
 
 __all__ = ["SCHEMA", "SCHEMA_HASH", "Links", "category_item", "content_hash", "product_item"]
 

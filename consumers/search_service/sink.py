@@ -48,8 +48,8 @@ from consumers.search_service import mapping, rules
 from consumers.search_service.client import DEFAULT_URL, Malformed, UpdateApi
 from consumers.search_service.mapping import Links
 from consumers.search_service.state import State
-from pipeline.assembler.codec import DocumentMessage
-from pipeline.assembler.documents import CategoryDocument, ProductDocument
+from pipeline.documents.model import CategoryDocument, ProductDocument
+from pipeline.documents.wire import DocumentMessage
 from pipeline.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -487,7 +487,7 @@ def _topic_source(
     """The latest document of every key on the document topics (categories first)."""
 
     def source() -> Iterator[DocumentMessage]:
-        from pipeline.assembler.topics import DocumentTopicError, latest_documents
+        from pipeline.documents.reading import DocumentTopicError, latest_documents
 
         for kind in ("category", "product"):
             try:

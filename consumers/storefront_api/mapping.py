@@ -1,4 +1,4 @@
-"""A :class:`~pipeline.assembler.documents.ProductDocument` as the products sync API's product.
+"""A :class:`~pipeline.documents.model.ProductDocument` as the products sync API's product.
 
 =======================  ======================================================
 sync API field           from the document
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.assembler.documents import ProductDocument
+from pipeline.documents.model import ProductDocument
 
 __all__ = ["body", "image_urls"]
 

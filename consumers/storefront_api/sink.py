@@ -53,7 +53,7 @@ from consumers.runtime import Record, Rejected, SinkError, TransientSinkError
 from consumers.storefront_api import mapping, rules
 from consumers.storefront_api.client import StorefrontClient, retry_after
 from consumers.storefront_api.state import DEFAULT_PATH, ProductState, State, status
-from pipeline.assembler.documents import ProductDocument
+from pipeline.documents.model import ProductDocument
 from pipeline.errors import ConfigurationError
 
 log = logging.getLogger(__name__)

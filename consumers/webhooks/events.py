@@ -25,8 +25,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from pipeline.assembler.documents import ProductDocument
 from pipeline.codec.avro_schema import _json_dumps
+from pipeline.documents.model import ProductDocument
 
 __all__ = [
     "EVENT_TYPES",

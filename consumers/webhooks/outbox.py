@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from consumers.runtime import Record, Rejected, SinkError
-from pipeline.assembler.codec import DocumentMessage
-from pipeline.assembler.documents import ProductDocument, from_json, to_json
+from pipeline.documents.model import ProductDocument, from_json, to_json
+from pipeline.documents.wire import DocumentMessage
 
 __all__ = ["Entry", "Known", "Outbox", "Queued"]
 

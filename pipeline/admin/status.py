@@ -46,9 +46,9 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from pipeline.admin.jobs import JobManager
-from pipeline.assembler.codec import doc_topic
 from pipeline.errors import CatalogCdcError
 from pipeline.kafka import consumer_config
+from pipeline.topics import doc_topic
 
 log = logging.getLogger(__name__)
 

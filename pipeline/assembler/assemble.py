@@ -58,12 +58,6 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from pipeline.assembler.documents import (
-    CategoryDocument,
-    Document,
-    ProductDocument,
-    normalize_tags,
-)
 from pipeline.assembler.state import (
     GLOBAL_TABLES,
     OWNED_TABLES,
@@ -73,6 +67,12 @@ from pipeline.assembler.state import (
     serialize_row,
 )
 from pipeline.codec.avro_schema import _json_loads
+from pipeline.documents.model import (
+    CategoryDocument,
+    Document,
+    ProductDocument,
+    normalize_tags,
+)
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent
 from pipeline.jsonify import canonical, loads
 from pipeline.kafka import partition_for

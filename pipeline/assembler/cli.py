@@ -86,8 +86,8 @@ def _documents(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from pipeline.assembler.documents import to_json
-    from pipeline.assembler.topics import iter_documents, latest_documents
+    from pipeline.documents.model import to_json
+    from pipeline.documents.reading import iter_documents, latest_documents
     from pipeline.settings import load_connections
 
     conns = load_connections()

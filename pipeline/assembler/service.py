@@ -10,7 +10,7 @@ Inputs
 
 Outputs
     ``{prefix}.doc.products`` and ``{prefix}.doc.categories`` (compacted, key = id, see
-    :mod:`pipeline.assembler.codec`), ``{prefix}._assembler.counts`` (compacted, the
+    :mod:`pipeline.documents.wire`), ``{prefix}._assembler.counts`` (compacted, the
     product count of each category per partition, which lets the owner of a category
     sum the counts of every partition), ``{prefix}.dlq.assembler`` (a document that
     fails validation, with the error and its rows).
@@ -49,12 +49,12 @@ from confluent_kafka import (
 )
 
 from pipeline.assembler.assemble import Batch, Emission, KeyedCount, Output, key_from_row
-from pipeline.assembler.codec import DocumentCodec, doc_key, doc_topic, headers_of
 from pipeline.assembler.metrics import AssemblerMetrics
 from pipeline.assembler.settings import AssemblerSettings
 from pipeline.assembler.state import GLOBAL_TABLES, OWNED_TABLES, AssemblerState
-from pipeline.assembler.topics import latest_versions
 from pipeline.codec import EventCodec, KafkaSchemaStore, make_codec
+from pipeline.documents.reading import latest_versions
+from pipeline.documents.wire import DocumentCodec, doc_key, headers_of
 from pipeline.errors import CatalogCdcError
 from pipeline.events import ChangeEvent
 from pipeline.kafka import (
@@ -68,6 +68,7 @@ from pipeline.kafka import (
     producer_config,
 )
 from pipeline.reader.state import ReaderStateStore
+from pipeline.topics import assembler_counts_topic, dlq_topic, doc_topic, raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +142,15 @@ class Assembler:
     # -- topics ---------------------------------------------------------------------------
 
     def raw_topic(self, table: str) -> str:
-        return f"{self.prefix}.{self.schema}.{table}"
+        return raw_topic(self.prefix, table, self.schema)
 
     @property
     def counts_topic(self) -> str:
-        return f"{self.prefix}._assembler.counts"
+        return assembler_counts_topic(self.prefix)
 
     @property
     def dlq_topic(self) -> str:
-        return f"{self.prefix}.dlq.assembler"
+        return dlq_topic(self.prefix, "assembler")
 
     def _table_of(self, topic: str) -> str:
         if topic == self.counts_topic:

@@ -41,6 +41,7 @@ from fastavro.schema import SchemaParseException
 from pipeline.codec.avro_schema import AvroSchema, canonical_json
 from pipeline.codec.errors import SchemaConflictError, SchemaNotFoundError, SchemaStoreError
 from pipeline.codec.single_object import fingerprint
+from pipeline.topics import schemas_topic
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class KafkaSchemaStore:
         replication_factor: int = -1,
         client_config: Mapping[str, Any] | None = None,
     ) -> None:
-        self.topic = f"{prefix}._schemas"
+        self.topic = schemas_topic(prefix)
         self._bootstrap = bootstrap
         self._timeout = timeout
         self._replication_factor = replication_factor

@@ -17,7 +17,7 @@ prints the UTC time.  ``wait-groups``: then until the assembler's consumer group
 committed the ends of the raw topics and each consumer's group the ends of the document
 topics (committed offsets: each stage commits only what its output or sink confirmed).
 ``proof``: what each contract server accepted (``GET /_contract/state``) against the
-database (:func:`pipeline.assembler.reference.expected_documents`): counts, and per
+database (:func:`pipeline.documents.reference.expected_documents`): counts, and per
 product the fields the sink sends; exit 1 when one is out of sync.
 """
 
@@ -89,13 +89,13 @@ def consumer_topics(name: str, prefix: str) -> list[str]:
     """The topics consumer ``name`` reads: the document topics of its sink's ``kinds``,
     the raw topics of its ``raw_tables`` (what the runtime subscribes to)."""
     from consumers.registry import load
-    from pipeline.assembler.codec import doc_topic
+    from pipeline.topics import doc_topic, raw_topic
 
     factory = load(name)
     sink = getattr(factory, "__self__", factory)  # the class of a `Sink.from_context`
     kinds = getattr(sink, "kinds", ("product", "category"))
     raw = getattr(sink, "raw_tables", ())
-    return [doc_topic(prefix, k) for k in kinds] + [f"{prefix}.public.{t}" for t in raw]
+    return [doc_topic(prefix, k) for k in kinds] + [raw_topic(prefix, t) for t in raw]
 
 
 def state_files(config: RunConfig, root: Path) -> list[Path]:
@@ -339,13 +339,13 @@ def _wait_groups(config_path: Path, timeout: float) -> int:
     from confluent_kafka.admin import AdminClient
 
     from pipeline.settings import load_connections
+    from pipeline.topics import is_raw_topic
 
     config = load_config(config_path)
     conns = load_connections()
     prefix = conns.topic_prefix
     admin = AdminClient({"bootstrap.servers": conns.require("kafka_bootstrap")})
     deadline = time.monotonic() + timeout
-    raw = f"{prefix}.public."
     stages: list[tuple[str, str, list[str] | None]] = [
         ("assembler", _group_of(config.assembler.args, f"{prefix}-assembler"), None)
     ]
@@ -365,7 +365,7 @@ def _wait_groups(config_path: Path, timeout: float) -> int:
             partitions = [
                 TopicPartition(t, p)
                 for t, meta in sorted(topics.items())
-                if (t.startswith(raw) if wanted is None else t in wanted)
+                if (is_raw_topic(prefix, t) if wanted is None else t in wanted)
                 for p in meta.partitions
             ]
             only = wanted is None
@@ -464,7 +464,7 @@ class Expected:
 def expected_from_db(dsn: str) -> Expected:
     import psycopg
 
-    from pipeline.assembler.reference import expected_documents
+    from pipeline.documents.reference import expected_documents
 
     with psycopg.connect(dsn) as conn:
         products, _ = expected_documents(conn)

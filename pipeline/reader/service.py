@@ -54,6 +54,7 @@ from pipeline.reader.snapshot import (
 )
 from pipeline.reader.state import ReaderStateStore
 from pipeline.settings import metrics_address
+from pipeline.topics import raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class Reader:
     # ------------------------------------------------------------------ set-up
 
     def topic_for(self, schema: str, table: str) -> str:
-        return f"{self.prefix}.{schema}.{table}"
+        return raw_topic(self.prefix, table, schema)
 
     @property
     def producer(self) -> Producer:

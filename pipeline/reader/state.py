@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline.kafka import TopicSpec, consumer_config, ensure_topics, producer_config
 from pipeline.reader.errors import ReaderError
+from pipeline.topics import reader_topic
 
 
 class ReaderStateStore:
@@ -26,7 +27,7 @@ class ReaderStateStore:
 
     def __init__(self, bootstrap: str, topic_prefix: str, replication_factor: int = 1) -> None:
         self.bootstrap = bootstrap
-        self.topic = f"{topic_prefix}._reader"
+        self.topic = reader_topic(topic_prefix)
         ensure_topics(
             bootstrap,
             [TopicSpec(self.topic, 1, {"cleanup.policy": "compact"})],

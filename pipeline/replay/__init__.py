@@ -63,7 +63,7 @@ def replay(
     An interrupted replay (``stop`` set, or a crash) resumes from ``state_path``.
     """
     from consumers.registry import SinkContext, load
-    from pipeline.assembler.topics import document_codec
+    from pipeline.documents.reading import document_codec
 
     stop = stop or threading.Event()
     state_path = state_path or default_state_path(consumer, connections.topic_prefix)
@@ -115,7 +115,7 @@ def _full_import(
     (the protocol starts over); the latest document per key is read from the topics."""
     import time
 
-    from pipeline.assembler.topics import latest_documents
+    from pipeline.documents.reading import latest_documents
 
     started = time.monotonic()
     bootstrap = connections.require("kafka_bootstrap")

@@ -39,10 +39,11 @@ from typing import Any, Protocol, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from consumers.runtime import RawRecord, Record, Rejected, Sink, TransientSinkError, raw_record
-from pipeline.assembler.codec import DocumentCodec, doc_topic
 from pipeline.codec import EventCodec, make_codec
+from pipeline.documents.wire import DocumentCodec
 from pipeline.errors import CatalogCdcError
 from pipeline.kafka import consumer_config
+from pipeline.topics import doc_topic
 
 log = logging.getLogger(__name__)
 

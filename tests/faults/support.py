@@ -27,8 +27,8 @@ from elasticsearch import Elasticsearch
 
 from consumers.registry import SinkContext
 from consumers.webhooks import events
-from pipeline.assembler.reference import expected_documents
 from pipeline.codec.avro_schema import _json_dumps
+from pipeline.documents.reference import expected_documents
 from pipeline.settings import ConnectionSettings
 from pipeline.stack.postgres import PostgresService, find_bindir
 from pipeline.stack.process import free_port
@@ -474,7 +474,7 @@ def _where_it_stopped(targets: Targets, diffs: list[str]) -> str:
     last document on the document topic, to tell a stage that lost a change."""
     import re
 
-    from pipeline.assembler.topics import latest_documents
+    from pipeline.documents.reading import latest_documents
     from tests.integration.reader_support import read_events
 
     ids = sorted({int(m) for d in diffs for m in re.findall(r"product (\d+)", d)})[:3]

@@ -13,10 +13,10 @@ from typing import Any
 
 import psycopg
 
-from pipeline.assembler.reference import comparable, expected_documents
 from pipeline.assembler.service import Assembler
 from pipeline.assembler.settings import AssemblerSettings
-from pipeline.assembler.topics import latest_documents
+from pipeline.documents.reading import latest_documents
+from pipeline.documents.reference import comparable, expected_documents
 from tests.integration.reader_support import CLI
 
 
@@ -141,7 +141,7 @@ def wait_in_sync(
 
 def version_history(bootstrap: str, prefix: str, kind: str) -> dict[int, list[int]]:
     """Per key, the versions of its messages in topic order."""
-    from pipeline.assembler.topics import iter_documents
+    from pipeline.documents.reading import iter_documents
 
     out: dict[int, list[int]] = {}
     for m in iter_documents(bootstrap, prefix, kind):

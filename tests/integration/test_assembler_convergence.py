@@ -1,7 +1,7 @@
 """The assembler converges on what SQL says: random edits, rebuild, kill -9, two instances.
 
 Every check compares the document topics (latest message per key) with the documents
-a SQL join over the tables gives (pipeline.assembler.reference), after quiescence.
+a SQL join over the tables gives (pipeline.documents.reference), after quiescence.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from pipeline.assembler.reference import comparable
-from pipeline.assembler.topics import iter_documents, latest_documents
 from pipeline.demo.edits import run_edits
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.reading import iter_documents, latest_documents
+from pipeline.documents.reference import comparable
 from tests.integration.assembler_support import (
     assembler_process,
     differences,
@@ -307,9 +307,9 @@ def test_a_document_the_broker_lost_is_emitted_again_on_restart(
     the versions back, sees the topic behind, and emits the document again."""
     from confluent_kafka import Producer
 
-    from pipeline.assembler.codec import doc_topic
-    from pipeline.assembler.topics import _iter_messages
+    from pipeline.documents.reading import _iter_messages
     from pipeline.kafka import producer_config
+    from pipeline.topics import doc_topic
 
     seed_catalog(catalog_dsn, products=30, seed=5)
     state = tmp_path / "a.sqlite"

@@ -16,10 +16,10 @@ from consumers.search_service.sink import SearchServiceSink
 from consumers.storefront_api.sink import StorefrontApiSink
 from consumers.webhooks.config import Subscriber
 from consumers.webhooks.sink import WebhooksSink
-from pipeline.assembler.codec import doc_topic
-from pipeline.assembler.documents import ProductDocument
+from pipeline.documents.model import ProductDocument
 from pipeline.kafka import TopicSpec, ensure_topics
 from pipeline.settings import ConnectionSettings
+from pipeline.topics import doc_topic
 from tests.contracts.search_service import Server as SearchService
 from tests.contracts.storefront_api import Server as Storefront
 from tests.contracts.webhooks import Server as Subscribers

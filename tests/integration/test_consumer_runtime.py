@@ -19,10 +19,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from consumers.jsonl import JsonlSink
 from consumers.runtime import ConsumerRuntime, Record, Rejected, RuntimeSettings, TransientSinkError
-from pipeline.assembler.codec import doc_key, doc_topic, headers_of
-from pipeline.assembler.documents import ProductDocument
-from pipeline.assembler.topics import document_codec
+from pipeline.documents.model import ProductDocument
+from pipeline.documents.reading import document_codec
+from pipeline.documents.wire import doc_key, headers_of
 from pipeline.kafka import TopicSpec, consumer_config, ensure_topics, producer_config
+from pipeline.topics import doc_topic
 from tests.unit.test_documents import product_data
 
 pytestmark = pytest.mark.integration

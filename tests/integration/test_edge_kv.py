@@ -29,12 +29,13 @@ from consumers.edge_kv.backends.sqlite import SqliteBackend
 from consumers.edge_kv.layout import PULSE, Catalog, CmsRow, StoreRow, full_layout, product_value
 from consumers.edge_kv.sink import EdgeKvSink
 from consumers.runtime import ConsumerRuntime, RuntimeSettings
-from pipeline.assembler.codec import doc_key, doc_topic, headers_of
-from pipeline.assembler.reference import expected_documents
-from pipeline.assembler.topics import document_codec, latest_documents
 from pipeline.demo.edits import run_edits
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.reading import document_codec, latest_documents
+from pipeline.documents.reference import expected_documents
+from pipeline.documents.wire import doc_key, headers_of
 from pipeline.kafka import TopicSpec, ensure_topics, producer_config
+from pipeline.topics import doc_topic
 from tests.contracts.kv_rest import Server
 from tests.integration.assembler_support import running_assembler, wait_in_sync
 from tests.integration.reader_support import running_reader, wait_for

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from psycopg import IsolationLevel
 
-from pipeline.assembler.documents import CategoryDocument, ProductDocument
-from pipeline.assembler.reference import comparable, expected_documents
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.model import CategoryDocument, ProductDocument
+from pipeline.documents.reference import comparable, expected_documents
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from elasticsearch import Elasticsearch
 from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from consumers.search import mapping
 from consumers.search.sink import SearchSink, delete_index
-from pipeline.assembler.topics import latest_documents
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.reading import latest_documents
 from pipeline.replay import ReplayProgress, replay
 from pipeline.settings import ConnectionSettings
 from tests.integration.reader_support import read_events, running_reader, wait_for

@@ -26,15 +26,16 @@ from consumers.search_service import rules
 from consumers.search_service.client import UpdateApi, status
 from consumers.search_service.mapping import Links, category_item, product_item
 from consumers.search_service.sink import SearchServiceSink, reset_breaker
-from pipeline.assembler.codec import DocumentMessage, doc_key, doc_topic, headers_of
-from pipeline.assembler.documents import CategoryDocument, ProductDocument
-from pipeline.assembler.reference import expected_documents
-from pipeline.assembler.topics import document_codec
 from pipeline.demo.edits import run_edits
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.model import CategoryDocument, ProductDocument
+from pipeline.documents.reading import document_codec
+from pipeline.documents.reference import expected_documents
+from pipeline.documents.wire import DocumentMessage, doc_key, headers_of
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import TopicSpec, ensure_topics, producer_config
 from pipeline.settings import ConnectionSettings
+from pipeline.topics import doc_topic
 from tests.contracts.search_service import Server
 from tests.integration.assembler_support import running_assembler, wait_in_sync
 from tests.integration.reader_support import running_reader, wait_for

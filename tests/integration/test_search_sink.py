@@ -18,11 +18,11 @@ from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from consumers.search import mapping
 from consumers.search.query import search
 from consumers.search.sink import SearchSink
-from pipeline.assembler.documents import ProductDocument
-from pipeline.assembler.reference import expected_documents
-from pipeline.assembler.topics import latest_documents
 from pipeline.demo.edits import run_edits
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.model import ProductDocument
+from pipeline.documents.reading import latest_documents
+from pipeline.documents.reference import expected_documents
 from tests.integration.assembler_support import running_assembler, wait_in_sync
 from tests.integration.reader_support import running_reader, wait_for
 from tests.integration.test_consumer_runtime import _dlq, _produce, _product, running

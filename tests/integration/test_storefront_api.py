@@ -24,11 +24,11 @@ from consumers.runtime import ConsumerRuntime, RuntimeSettings, SinkError, Trans
 from consumers.storefront_api import mapping
 from consumers.storefront_api.client import StorefrontClient
 from consumers.storefront_api.sink import StorefrontApiSink, status
-from pipeline.assembler.codec import DocumentMessage
-from pipeline.assembler.documents import ProductDocument
-from pipeline.assembler.reference import expected_documents
 from pipeline.demo.edits import run_edits
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.model import ProductDocument
+from pipeline.documents.reference import expected_documents
+from pipeline.documents.wire import DocumentMessage
 from tests.contracts.storefront_api import Server
 from tests.integration.assembler_support import running_assembler, wait_in_sync
 from tests.integration.reader_support import wait_for

@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipeline.assembler.reference import expected_documents
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.reference import expected_documents
 from tests.conftest import REPO
 from tests.integration.reader_support import CLI, wait_for
 

@@ -26,8 +26,8 @@ from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from consumers.search import mapping
 from consumers.search.sink import SearchSink
 from pipeline import cli
-from pipeline.assembler.reference import expected_documents
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.reference import expected_documents
 from tests.integration.assembler_support import running_assembler, wait_in_sync
 from tests.integration.reader_support import running_reader, wait_for
 from tests.integration.test_consumer_runtime import running

@@ -21,11 +21,11 @@ from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from consumers.webhooks import events
 from consumers.webhooks.config import Subscriber
 from consumers.webhooks.sink import WebhooksSink
-from pipeline.assembler.reference import expected_documents
-from pipeline.assembler.topics import document_codec
 from pipeline.codec.avro_schema import _json_dumps
 from pipeline.demo.edits import run_edits
 from pipeline.demo.seed import seed_catalog
+from pipeline.documents.reading import document_codec
+from pipeline.documents.reference import expected_documents
 from tests.contracts.webhooks import Server
 from tests.integration.assembler_support import running_assembler, wait_in_sync
 from tests.integration.reader_support import running_reader, wait_for

@@ -27,8 +27,9 @@ from pipeline.assembler.assemble import (
     key_from_row,
     row_key,
 )
-from pipeline.assembler.codec import DocumentCodec, headers_of
-from pipeline.assembler.documents import (
+from pipeline.assembler.state import OWNED_TABLES, AssemblerState, StateError
+from pipeline.codec import InMemorySchemaStore
+from pipeline.documents.model import (
     BrandRef,
     CategoryDocument,
     CategoryRef,
@@ -40,9 +41,8 @@ from pipeline.assembler.documents import (
     Variant,
     normalize_tags,
 )
-from pipeline.assembler.reference import comparable
-from pipeline.assembler.state import OWNED_TABLES, AssemblerState, StateError
-from pipeline.codec import InMemorySchemaStore
+from pipeline.documents.reference import comparable
+from pipeline.documents.wire import DocumentCodec, headers_of
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent, Op, Row, Source
 from pipeline.kafka import partition_for
 
@@ -1516,8 +1516,8 @@ def test_a_document_of_an_older_schema_is_resolved_to_the_current_one() -> None:
 
     from fastavro import parse_schema, schemaless_writer
 
-    from pipeline.assembler.documents import avro_schema_json, to_avro
     from pipeline.codec.single_object import MAGIC
+    from pipeline.documents.model import avro_schema_json, to_avro
 
     store = InMemorySchemaStore()
     codec = DocumentCodec(store=store, topic_prefix="cdc")

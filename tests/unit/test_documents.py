@@ -16,7 +16,8 @@ from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.assembler.documents import (
+from pipeline.codec.avro_schema import DECIMAL_MARK, JSON_MARK
+from pipeline.documents.model import (
     BrandRef,
     CategoryDocument,
     CategoryRef,
@@ -33,8 +34,7 @@ from pipeline.assembler.documents import (
     to_avro,
     to_json,
 )
-from pipeline.assembler.reference import comparable
-from pipeline.codec.avro_schema import DECIMAL_MARK, JSON_MARK
+from pipeline.documents.reference import comparable
 
 T0 = datetime(2024, 5, 17, 12, 30, 1, 123456, tzinfo=UTC)
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from consumers.edge_kv.layout import PULSE, Catalog, CmsRow, StoreRow, full_layout
 from consumers.edge_kv.sink import EdgeKvSink
 from consumers.runtime import RawRecord, Rejected, TransientSinkError
-from pipeline.assembler.codec import DocumentMessage
-from pipeline.assembler.documents import CategoryDocument, ProductDocument
+from pipeline.documents.model import CategoryDocument, ProductDocument
+from pipeline.documents.wire import DocumentMessage
 from pipeline.events import ChangeEvent, Source
 from tests.unit.test_documents import category_data, product_data
 

@@ -21,8 +21,8 @@ from consumers.runtime import SinkError, TransientSinkError
 from consumers.search_service import mapping, rules
 from consumers.search_service.client import UpdateApi, retry_after, status
 from consumers.search_service.sink import SearchServiceSink, reset_breaker
-from pipeline.assembler.codec import DocumentMessage
-from pipeline.assembler.documents import CategoryDocument, ProductDocument
+from pipeline.documents.model import CategoryDocument, ProductDocument
+from pipeline.documents.wire import DocumentMessage
 from tests.contracts.search_service import Server, parse_form
 from tests.unit.test_documents import category_data, product_data
 

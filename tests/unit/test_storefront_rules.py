@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumers.storefront_api import mapping, rules
-from pipeline.assembler.documents import ProductDocument
+from pipeline.documents.model import ProductDocument
 from tests.unit.test_documents import product_data
 
 

@@ -25,8 +25,8 @@ from consumers.webhooks.sink import (
     classify,
     retry_after_seconds,
 )
-from pipeline.assembler.codec import DocumentMessage
-from pipeline.assembler.documents import ProductDocument
+from pipeline.documents.model import ProductDocument
+from pipeline.documents.wire import DocumentMessage
 from pipeline.errors import ConfigurationError
 from tests.contracts import webhooks as contract
 from tests.unit.test_documents import product_data

@@ -22,7 +22,10 @@ from typing import Any, Final, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from pipeline.assembler.documents import (
+from pipeline.codec.errors import DecodeError
+from pipeline.codec.schema_store import SchemaStore
+from pipeline.codec.single_object import MAGIC, SingleObjectEncoding, fingerprint, split_header
+from pipeline.documents.model import (
     CategoryDocument,
     D,
     Document,
@@ -32,22 +35,15 @@ from pipeline.assembler.documents import (
     from_avro,
     to_avro,
 )
-from pipeline.codec.errors import DecodeError
-from pipeline.codec.schema_store import SchemaStore
-from pipeline.codec.single_object import MAGIC, SingleObjectEncoding, fingerprint, split_header
+from pipeline.topics import doc_topic
 
-__all__ = ["DocumentCodec", "DocumentMessage", "doc_key", "doc_topic", "headers_of"]
+__all__ = ["DocumentCodec", "DocumentMessage", "doc_key", "headers_of"]
 
 KINDS: Final[dict[str, type[ProductDocument] | type[CategoryDocument]]] = {
     "product": ProductDocument,
     "category": CategoryDocument,
 }
 _CONFLUENT: Final = struct.Struct(">bI")
-
-
-def doc_topic(prefix: str, kind: str) -> str:
-    """``{prefix}.doc.products`` or ``{prefix}.doc.categories``."""
-    return f"{prefix}.doc.{'products' if kind == 'product' else 'categories'}"
 
 
 def doc_key(doc_id: int) -> bytes:

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from pipeline.assembler.codec import DocumentCodec, DocumentMessage, doc_topic
 from pipeline.codec import KafkaSchemaStore
+from pipeline.documents.wire import DocumentCodec, DocumentMessage
 from pipeline.errors import CatalogCdcError
 from pipeline.kafka import consumer_config
+from pipeline.topics import doc_topic
 
 __all__ = [
     "DocumentTopicError",

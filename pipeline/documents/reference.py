@@ -1,9 +1,9 @@
 """The documents the database says should exist: the ground truth for the assembler.
 
-:func:`expected_documents` builds every :class:`~pipeline.assembler.documents.ProductDocument`
-and :class:`~pipeline.assembler.documents.CategoryDocument` straight from the catalog
+:func:`expected_documents` builds every :class:`~pipeline.documents.model.ProductDocument`
+and :class:`~pipeline.documents.model.CategoryDocument` straight from the catalog
 tables with SQL joins, one consistent snapshot (``REPEATABLE READ``), following the
-rules of :mod:`pipeline.assembler.documents`: one document per non-deleted product
+rules of :mod:`pipeline.documents.model`: one document per non-deleted product
 (``deleted_at IS NULL``; inactive products included with ``active=False``) and per
 category.  Tests, and a ``verify`` command, compare the assembler's output with it
 through :func:`comparable`.
@@ -22,7 +22,8 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel
 
-from pipeline.assembler.documents import (
+from pipeline.codec.avro_schema import _json_loads
+from pipeline.documents.model import (
     BrandRef,
     CategoryDocument,
     CategoryRef,
@@ -34,7 +35,6 @@ from pipeline.assembler.documents import (
     Variant,
     normalize_tags,
 )
-from pipeline.codec.avro_schema import _json_loads
 
 __all__ = ["COMPARABLE_EXCLUDE", "comparable", "expected_documents"]
 

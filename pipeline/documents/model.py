@@ -56,7 +56,7 @@ Decisions:
 * **version** is the source LSN of the newest change the document reflects (strictly
   increasing per key, identical on rebuild); **source_ts_ms** the commit time of that
   change, milliseconds since the epoch.  Both are 0 in documents built from SQL
-  (:mod:`pipeline.assembler.reference`).
+  (:mod:`pipeline.documents.reference`).
 
 Serialisation: :func:`to_json` / :func:`from_json` (JSON text) and :func:`to_avro` /
 :func:`from_avro` (records for fastavro, schemas ``schemas/avro/product_document.avsc``
