@@ -6,18 +6,17 @@ technical data, all drawn from ``random.Random(S)``: the same seed gives the sam
 rows, ids included.  Rows go in with ``COPY`` in one transaction, so a failed
 seed leaves nothing behind.
 
-The vocabulary (product domains, names, specifications) lives here too, in
-:class:`CatalogFaker`, which the live edits (:mod:`pipeline.demo.edits`) reuse.
+The content comes from :class:`pipeline.demo.faker.CatalogFaker` (the words from
+:mod:`pipeline.demo.vocabulary`), which the live edits (:mod:`pipeline.demo.edits`)
+reuse; this module loads it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import queue
 import random
-import re
 import threading
 import time
 import uuid
@@ -25,663 +24,31 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from pipeline.demo.catalog import CATALOG_TABLES, load_schema
 from pipeline.demo.errors import DemoError
+from pipeline.demo.faker import (
+    LONG_DESCRIPTION_CHARS,
+    CatalogFaker,
+    image_fields,
+    reference_for,
+    slugify,
+    url_key_for,
+    variant_sku,
+)
+from pipeline.demo.vocabulary import CMS_PAGES, DOMAINS, GENERIC_SENTENCES, STORES, Domain
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-T = TypeVar("T")
-
-#: Descriptions of at least this many characters are "long" (out-of-line TOAST).
-LONG_DESCRIPTION_CHARS = 4096
-#: The products sync API's limits (seeds/erp-to-storefront-products-sync-api.txt).
-MAX_DESCRIPTION_CHARS = 10_000
-MAX_REFERENCE_CHARS = 64
-MAX_NAME_CHARS = 255
-MAX_IMAGES = 10
-MAX_TECHNICAL_DATA = 100
 
 _EPOCH = datetime(2023, 1, 1, tzinfo=UTC)
 _SEED_SPAN_S = 2 * 365 * 86400  # created_at/updated_at of seeded rows fall in 2023-2024
 _CHUNK = 2_000  # products generated (and copied) per round
-
-
-# --------------------------------------------------------------------------- vocabulary
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One technical-data line: Gruppo / Descrizione / (Valore) / Suffisso."""
-
-    group: str
-    description: str
-    values: tuple[str, ...] = ()
-    low: float = 0.0
-    high: float = 0.0
-    decimals: int = 0
-    suffix: str | None = None
-
-    def value(self, rng: random.Random) -> str:
-        if self.values:
-            return self.values[int(rng.random() * len(self.values))]
-        v = self.low + rng.random() * (self.high - self.low)
-        return f"{v:.{self.decimals}f}" if self.decimals else str(round(v))
-
-
-@dataclass(frozen=True)
-class Domain:
-    """A product domain: its category subtree, words, prices and specifications."""
-
-    key: str
-    prefix: str  # SKU prefix
-    top: str  # top-level category
-    subcategories: tuple[tuple[str, tuple[str, str]], ...]  # 3 of (name, 2 leaves)
-    qualifiers: tuple[str, ...]
-    materials: tuple[str, ...]
-    nouns: tuple[str, ...]
-    price: tuple[float, float]
-    weight: tuple[float, float]  # kg
-    axes: tuple[tuple[str, tuple[str, ...]], ...]  # variant attributes
-    brands: tuple[str, ...]
-    specs: tuple[Spec, ...]
-    sentences: tuple[str, ...]
-    tags: tuple[str, ...]
-
-
-_COLORS = ("black", "white", "navy", "grey", "red", "forest green", "sand", "charcoal")
-
-DOMAINS: tuple[Domain, ...] = (
-    Domain(
-        key="kitchen",
-        prefix="KIT",
-        top="Kitchen & Dining",
-        subcategories=(
-            ("Coffee & Tea", ("Espresso Machines", "Grinders & Kettles")),
-            ("Small Appliances", ("Blenders & Mixers", "Toasters & Grills")),
-            ("Cookware", ("Pans & Skillets", "Knives & Cutting Boards")),
-        ),
-        qualifiers=("Professional", "Compact", "Deluxe", "Classic", "Smart", "Barista", "Artisan"),
-        materials=("Stainless Steel", "Cast Iron", "Ceramic", "Copper", "Carbon Steel", ""),
-        nouns=(
-            "Coffee Machine",
-            "Espresso Maker",
-            "Milk Frother",
-            "Burr Grinder",
-            "Electric Kettle",
-            "Toaster",
-            "Blender",
-            "Stand Mixer",
-            "Chef's Knife",
-            "Skillet",
-            "Saucepan",
-            "French Press",
-        ),
-        price=(9.0, 1800.0),
-        weight=(0.2, 14.0),
-        axes=(("color", ("black", "silver", "red", "cream", "copper")),),
-        brands=("CoffeePro", "Cucina Viva", "Brewmaster", "Kochwerk", "Ember & Oak"),
-        specs=(
-            Spec("Power", "Rated power", low=600, high=2400, suffix="W"),
-            Spec("Power", "Voltage", values=("110-120", "220-240"), suffix="V"),
-            Spec("Capacity", "Water tank", low=0.5, high=3.0, decimals=1, suffix="l"),
-            Spec("Capacity", "Pump pressure", values=("9", "15", "19", "20"), suffix="bar"),
-            Spec("Features", "Dishwasher safe", values=("Yes", "No")),
-            Spec("Features", "Auto shut-off", values=("Yes", "No")),
-        ),
-        sentences=(
-            "The {name} brings café-quality results to your kitchen every single morning.",
-            "Built from {material} for even heat and decades of daily use.",
-            "A thermoblock heating system reaches the right temperature in under a minute.",
-            "Removable parts rinse clean in seconds and most go straight in the dishwasher.",
-            "Designed with professional chefs, it balances precision with everyday ease.",
-            "Its compact footprint leaves room on the counter for everything else.",
-        ),
-        tags=("kitchen", "coffee", "cooking", "appliance"),
-    ),
-    Domain(
-        key="apparel",
-        prefix="APP",
-        top="Clothing",
-        subcategories=(
-            ("Knitwear", ("Sweaters", "Cardigans")),
-            ("Tops", ("T-Shirts", "Shirts & Blouses")),
-            ("Outerwear", ("Jackets", "Coats")),
-        ),
-        qualifiers=("Classic", "Slim-Fit", "Relaxed", "Heritage", "Essential", "Oversized"),
-        materials=("Merino Wool", "Organic Cotton", "Linen", "Cashmere", "Denim", "Fleece"),
-        nouns=(
-            "Sweater",
-            "Cardigan",
-            "T-Shirt",
-            "Oxford Shirt",
-            "Hoodie",
-            "Chinos",
-            "Field Jacket",
-            "Overcoat",
-            "Scarf",
-            "Beanie",
-            "Polo Shirt",
-        ),
-        price=(12.0, 480.0),
-        weight=(0.08, 2.2),
-        axes=(("size", ("XS", "S", "M", "L", "XL", "XXL")), ("color", _COLORS)),
-        brands=("Nordwind", "Loom & Thread", "Atelier Sette", "Woolhouse", "Marlow & Finch"),
-        specs=(
-            Spec("Material", "Composition", values=("100% wool", "100% cotton", "80/20 blend")),
-            Spec("Material", "Fabric weight", low=120, high=420, suffix="g/m²"),
-            Spec("Fit", "Cut", values=("Regular", "Slim", "Relaxed", "Oversized")),
-            Spec("Care", "Washing", values=("30 °C", "40 °C", "Hand wash", "Dry clean only")),
-            Spec("Care", "Tumble dry", values=("Yes", "No")),
-            Spec("Fit", "Model height", low=172, high=192, suffix="cm"),
-        ),
-        sentences=(
-            "Our {name} is knitted from {material} that stays soft wash after wash.",
-            "A timeless cut that layers easily over a shirt or under a coat.",
-            "Ribbed cuffs and hem keep their shape through seasons of wear.",
-            "Ethically made in family-run mills that we visit every year.",
-            "Naturally breathable and temperature-regulating, it suits every season.",
-            "Pair it with chinos for the office or denim for the weekend.",
-        ),
-        tags=("clothing", "fashion", "knitwear", "sustainable"),
-    ),
-    Domain(
-        key="electronics",
-        prefix="ELE",
-        top="Electronics",
-        subcategories=(
-            ("Audio", ("Headphones", "Speakers")),
-            ("Computer Accessories", ("Keyboards & Mice", "Monitors")),
-            ("Mobile", ("Chargers & Power Banks", "Cases & Cables")),
-        ),
-        qualifiers=("Wireless", "Noise-Cancelling", "Portable", "Ergonomic", "Ultra-Slim", "4K"),
-        materials=("Aluminium", "Bluetooth", "USB-C", "Mechanical", ""),
-        nouns=(
-            "Headphones",
-            "Earbuds",
-            "Speaker",
-            "Keyboard",
-            "Mouse",
-            "Monitor",
-            "Webcam",
-            "Power Bank",
-            "Charger",
-            "Docking Station",
-            "Soundbar",
-        ),
-        price=(8.0, 1600.0),
-        weight=(0.03, 9.0),
-        axes=(("color", ("black", "white", "space grey", "midnight blue")),),
-        brands=("Voltaic", "Brightline", "Sonora", "Pixelforge", "Kestrel Audio"),
-        specs=(
-            Spec("Connectivity", "Bluetooth", values=("5.0", "5.2", "5.3")),
-            Spec("Connectivity", "Ports", values=("USB-C", "USB-C, USB-A", "HDMI, USB-C")),
-            Spec("Battery", "Battery life", low=6, high=60, suffix="h"),
-            Spec("Battery", "Charging time", low=1, high=4, decimals=1, suffix="h"),
-            Spec("Display", "Resolution", values=("1920x1080", "2560x1440", "3840x2160")),
-            Spec("Audio", "Frequency response", values=("20-20000", "10-40000"), suffix="Hz"),
-        ),
-        sentences=(
-            "The {name} pairs instantly with every device you own.",
-            "Adaptive noise cancelling shuts out the commute and keeps the music in.",
-            "An {material} body keeps it light without giving up on durability.",
-            "Fast charging gives you hours of use from a ten-minute top-up.",
-            "Firmware updates over the air keep adding features after you buy it.",
-            "Every unit is tested by hand before it leaves our warehouse.",
-        ),
-        tags=("electronics", "audio", "wireless", "tech"),
-    ),
-    Domain(
-        key="outdoor",
-        prefix="OUT",
-        top="Sports & Outdoors",
-        subcategories=(
-            ("Hiking", ("Backpacks", "Tents")),
-            ("Running", ("Running Shoes", "Running Apparel")),
-            ("Cycling", ("Helmets", "Bike Accessories")),
-        ),
-        qualifiers=("Ultralight", "Waterproof", "Trail", "Insulated", "Alpine", "Expedition"),
-        materials=("Ripstop Nylon", "Gore-Tex", "Recycled Polyester", "Carbon", ""),
-        nouns=(
-            "Hiking Backpack",
-            "Tent",
-            "Sleeping Bag",
-            "Running Shoes",
-            "Trail Jacket",
-            "Cycling Helmet",
-            "Water Bottle",
-            "Trekking Poles",
-            "Headlamp",
-            "Yoga Mat",
-        ),
-        price=(6.0, 900.0),
-        weight=(0.05, 6.5),
-        axes=(("size", ("38", "39", "40", "41", "42", "43", "44", "45")), ("color", _COLORS)),
-        brands=("Alpenstein", "Ridgeway", "Summit Supply", "Tundra Labs"),
-        specs=(
-            Spec("Performance", "Waterproof rating", low=5000, high=30000, suffix="mm"),
-            Spec("Performance", "Temperature rating", low=-20, high=10, suffix="°C"),
-            Spec("Capacity", "Volume", low=10, high=75, suffix="l"),
-            Spec("Materials", "Outer fabric", values=("Nylon 40D", "Polyester 75D", "Dyneema")),
-            Spec("Features", "Reflective details", values=("Yes", "No")),
-            Spec("Features", "Packable", values=("Yes", "No")),
-        ),
-        sentences=(
-            "The {name} was tested on three continents before it earned its name.",
-            "{material} construction sheds rain and wind while staying breathable.",
-            "Every gram was questioned: what remains is what you need on the trail.",
-            "Reinforced stress points and bar-tacked seams are built for rough terrain.",
-            "Reflective details keep you visible at dawn and dusk.",
-            "Backed by a lifetime repair programme, because gear should last.",
-        ),
-        tags=("outdoor", "hiking", "running", "cycling"),
-    ),
-    Domain(
-        key="home",
-        prefix="HOM",
-        top="Home & Furniture",
-        subcategories=(
-            ("Living Room", ("Sofas & Armchairs", "Coffee Tables")),
-            ("Lighting", ("Floor Lamps", "Pendant Lights")),
-            ("Office", ("Desks", "Office Chairs")),
-        ),
-        qualifiers=("Scandinavian", "Mid-Century", "Industrial", "Minimalist", "Rustic"),
-        materials=("Oak", "Walnut", "Rattan", "Marble", "Brass", "Velvet"),
-        nouns=(
-            "Dining Chair",
-            "Coffee Table",
-            "Bookshelf",
-            "Floor Lamp",
-            "Pendant Light",
-            "Standing Desk",
-            "Armchair",
-            "Sideboard",
-            "Bed Frame",
-            "Side Table",
-        ),
-        price=(25.0, 3200.0),
-        weight=(1.0, 95.0),
-        axes=(("finish", ("natural oak", "walnut", "black ash", "white lacquer")),),
-        brands=("Hjem", "Casa Lume", "Oakhaven", "Linea Studio"),
-        specs=(
-            Spec("Dimensions", "Seat height", low=42, high=50, suffix="cm"),
-            Spec("Materials", "Frame", values=("Solid oak", "Steel", "Beech plywood", "Walnut")),
-            Spec("Assembly", "Assembly required", values=("Yes", "No")),
-            Spec("Assembly", "Assembly time", low=10, high=90, suffix="min"),
-            Spec("Load", "Maximum load", low=20, high=150, suffix="kg"),
-            Spec("Lighting", "Bulb socket", values=("E27", "E14", "GU10", "Integrated LED")),
-        ),
-        sentences=(
-            "The {name} pairs clean lines with the warmth of solid {material}.",
-            "Each piece is finished by hand, so no two grain patterns are the same.",
-            "Designed in Copenhagen and built to be passed down, not thrown away.",
-            "Flat-packed to cut shipping emissions; assembly takes minutes.",
-            "Felt pads protect your floors and keep it steady on any surface.",
-            "A quiet, timeless design that fits any room it finds itself in.",
-        ),
-        tags=("home", "furniture", "interior", "design"),
-    ),
-    Domain(
-        key="beauty",
-        prefix="BEA",
-        top="Beauty & Care",
-        subcategories=(
-            ("Skincare", ("Serums", "Moisturisers")),
-            ("Hair Care", ("Shampoo", "Conditioner")),
-            ("Body", ("Body Lotions", "Sun Care")),
-        ),
-        qualifiers=("Hydrating", "Brightening", "Organic", "Fragrance-Free", "Repairing"),
-        materials=("Vitamin C", "Hyaluronic", "Argan Oil", "Aloe Vera", "Shea Butter", ""),
-        nouns=(
-            "Face Serum",
-            "Night Cream",
-            "Shampoo",
-            "Conditioner",
-            "Body Lotion",
-            "Lip Balm",
-            "Sunscreen SPF 50",
-            "Cleansing Gel",
-            "Eye Cream",
-        ),
-        price=(4.0, 140.0),
-        weight=(0.02, 1.2),
-        axes=(("volume", ("30 ml", "50 ml", "100 ml", "250 ml", "500 ml")),),
-        brands=("Verdana Botanics", "Lumière", "Pura Vida Skin", "Halcyon"),
-        specs=(
-            Spec("Product", "Skin type", values=("All", "Dry", "Oily", "Sensitive")),
-            Spec("Product", "Vegan", values=("Yes", "No")),
-            Spec("Ingredients", "Key ingredient", values=("Niacinamide", "Retinol", "Ceramides")),
-            Spec("Ingredients", "Natural origin", low=85, high=100, suffix="%"),
-            Spec("Usage", "Period after opening", values=("6", "12", "24"), suffix="months"),
-            Spec("Usage", "Application", values=("Morning", "Evening", "Morning and evening")),
-        ),
-        sentences=(
-            "The {name} absorbs in seconds and leaves no sticky finish behind.",
-            "Formulated with {material} to support the skin's natural barrier.",
-            "Dermatologically tested and suitable for sensitive skin.",
-            "Recyclable packaging, refills available, and never tested on animals.",
-            "Visible results in two weeks, according to an independent consumer study.",
-            "Apply a few drops to clean skin, morning and evening.",
-        ),
-        tags=("beauty", "skincare", "vegan", "natural"),
-    ),
-    Domain(
-        key="garden",
-        prefix="GAR",
-        top="Garden & Tools",
-        subcategories=(
-            ("Power Tools", ("Drills & Drivers", "Saws")),
-            ("Garden Tools", ("Lawn Mowers", "Hedge Trimmers")),
-            ("Watering", ("Hoses & Reels", "Sprinklers")),
-        ),
-        qualifiers=("Cordless", "Heavy-Duty", "Ergonomic", "Brushless", "Telescopic"),
-        materials=("18V", "Stainless Steel", "Lithium-Ion", "Forged Steel", ""),
-        nouns=(
-            "Drill Driver",
-            "Impact Driver",
-            "Circular Saw",
-            "Lawn Mower",
-            "Hedge Trimmer",
-            "Pruning Shears",
-            "Garden Hose",
-            "Tool Set",
-            "Leaf Blower",
-            "Sprinkler",
-        ),
-        price=(7.0, 1100.0),
-        weight=(0.1, 38.0),
-        axes=(("battery", ("bare tool", "2.0 Ah", "4.0 Ah", "5.0 Ah kit")),),
-        brands=("Forgeline", "Greenacre", "Torque Works", "Hedgerow & Co"),
-        specs=(
-            Spec("Power", "Battery voltage", values=("12", "18", "36"), suffix="V"),
-            Spec("Power", "No-load speed", low=400, high=3600, suffix="rpm"),
-            Spec("Power", "Max torque", low=20, high=180, suffix="Nm"),
-            Spec("Cutting", "Cutting width", low=30, high=55, suffix="cm"),
-            Spec("Features", "Brushless motor", values=("Yes", "No")),
-            Spec("Features", "LED work light", values=("Yes", "No")),
-        ),
-        sentences=(
-            "The {name} handles a full weekend of projects on a single charge.",
-            "A {material} drivetrain delivers torque without the weight.",
-            "The rubber over-moulded grip reduces vibration and fatigue.",
-            "Part of a battery platform with more than fifty compatible tools.",
-            "Every tool is covered by a three-year warranty after registration.",
-            "Built for the garden shed and the job site alike.",
-        ),
-        tags=("garden", "tools", "diy", "cordless"),
-    ),
-)
-
-_COMMON_SPECS: tuple[Spec, ...] = (
-    Spec("General", "Warranty", values=("1", "2", "3", "5"), suffix="years"),
-    Spec("General", "Country of origin", values=("Italy", "Germany", "Portugal", "Vietnam")),
-    Spec("General", "Model year", values=("2022", "2023", "2024", "2025")),
-    Spec("Dimensions", "Width", low=5, high=180, suffix="cm"),
-    Spec("Dimensions", "Height", low=2, high=200, suffix="cm"),
-    Spec("Dimensions", "Depth", low=1, high=90, suffix="cm"),
-    Spec("Logistics", "Package weight", low=0.1, high=40, decimals=2, suffix="kg"),
-)
-
-_GENERIC_SENTENCES: tuple[str, ...] = (
-    "Free delivery on orders over fifty and thirty-day returns, no questions asked.",
-    "Stocked in our own warehouse and shipped within one business day.",
-    "Our customer service team answers every question within a day.",
-    "Rated four and a half stars by thousands of verified buyers.",
-    "Questions about sizing or compatibility? Our product experts are here to help.",
-    "Packed in recycled cardboard with plastic-free fillers.",
-)
-
-_GENERIC_TAGS = ("new", "bestseller", "eco", "sale", "limited-edition", "gift-idea")
-_MODEL_SUFFIXES = ("Pro", "Plus", "Max", "Lite", "Mini", "II", "X", "2.0", "S")
-_IMAGE_EXTENSIONS = ("jpg", "jpg", "jpg", "webp", "webp", "png", "jpeg", "gif")
-_IMAGE_VIEWS = ("front", "back", "side", "detail", "lifestyle", "packaging", "top")
-
-_STORES: tuple[tuple[str, str, str, str], ...] = (
-    ("us", "Catalog Demo US", "USD", "en_US"),
-    ("de", "Catalog Demo Deutschland", "EUR", "de_DE"),
-    ("it", "Catalog Demo Italia", "EUR", "it_IT"),
-    ("uk", "Catalog Demo UK", "GBP", "en_GB"),
-    ("fr", "Catalog Demo France", "EUR", "fr_FR"),
-    ("ch", "Catalog Demo Schweiz", "CHF", "de_CH"),
-    ("se", "Catalog Demo Sverige", "SEK", "sv_SE"),
-    ("jp", "Catalog Demo Japan", "JPY", "ja_JP"),
-)
-
-_CMS_PAGES: tuple[tuple[str, str], ...] = (
-    ("about-us", "About us"),
-    ("shipping", "Shipping & delivery"),
-    ("returns", "Returns & refunds"),
-    ("privacy-policy", "Privacy policy"),
-    ("terms", "Terms & conditions"),
-    ("contact", "Contact us"),
-    ("faq", "Frequently asked questions"),
-)
-
-_SLUG_RE = re.compile(r"[^a-z0-9]+")
-
-
-def slugify(text: str) -> str:
-    """``"Chef's Knife 2.0"`` → ``"chef-s-knife-2-0"`` (matches the url_key CHECK)."""
-    return _SLUG_RE.sub("-", text.lower()).strip("-") or "item"
-
-
-def ean13(rng: random.Random) -> str:
-    """A valid EAN-13 (GS1 check digit)."""
-    body = f"{rng.randrange(10**12):012d}"
-    total = sum(int(c) * (3 if i % 2 else 1) for i, c in enumerate(body))
-    return body + str((10 - total % 10) % 10)
-
-
-def money(value: float) -> str:
-    """A numeric(12,2) literal, never negative."""
-    return f"{max(value, 0.0):.2f}"
-
-
-@dataclass(frozen=True)
-class ProductDraft:
-    """A generated product and its child rows (ids not yet assigned)."""
-
-    domain: Domain
-    name: str
-    description: str
-    price: str
-    list_price: str | None
-    weight: str | None
-    ean13: str
-    tags: list[str]
-    variants: list[tuple[str, int, dict[str, str]]]  # (price, quantity, attributes)
-    images: list[tuple[str, int]]  # (extension, size_bytes)
-    specs: list[tuple[str, str, str, str | None]]  # (group, description, value, suffix)
-
-
-class CatalogFaker:
-    """Realistic product content drawn from a :class:`random.Random`.
-
-    Every value comes from ``rng``, in a fixed order: the same seed, the same content.
-    """
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-        self._random = rng.random
-
-    def pick(self, seq: Sequence[T]) -> T:
-        return seq[int(self._random() * len(seq))]
-
-    def between(self, low: int, high: int) -> int:
-        """An int in [low, high]."""
-        return low + int(self._random() * (high - low + 1))
-
-    def sample(self, seq: Sequence[T], k: int) -> list[T]:
-        """``k`` distinct elements of ``seq`` (partial Fisher-Yates; cheaper than
-        ``random.sample`` for the short lists used here)."""
-        pool = list(seq)
-        n = len(pool)
-        k = min(k, n)
-        rand = self._random
-        for i in range(k):
-            j = i + int(rand() * (n - i))
-            pool[i], pool[j] = pool[j], pool[i]
-        return pool[:k]
-
-    def domain(self) -> Domain:
-        return self.pick(DOMAINS)
-
-    def product_name(self, d: Domain) -> str:
-        pick = self.pick
-        noun = pick(d.nouns)
-        material = pick(d.materials)
-        shape = self._random()
-        if shape < 0.35 and material:
-            name = f"{material} {noun}"
-        elif shape < 0.75 or not material:
-            name = f"{pick(d.qualifiers)} {noun}"
-        else:
-            name = f"{pick(d.qualifiers)} {material} {noun}"
-        if self._random() < 0.2:
-            name = f"{name} {pick(_MODEL_SUFFIXES)}"
-        return name[:MAX_NAME_CHARS]
-
-    def description(self, d: Domain, name: str, *, long: bool = False) -> str:
-        pick, rand = self.pick, self._random
-        material = pick([m for m in d.materials if m] or ["premium materials"])
-        target = self.between(LONG_DESCRIPTION_CHARS + 200, 9_500) if long else 0
-        paragraphs: list[str] = []
-        size = 0
-        count = self.between(1, 3)
-        while len(paragraphs) < count or size < target:
-            sentences = [
-                pick(d.sentences if rand() < 0.75 else _GENERIC_SENTENCES)
-                for _ in range(self.between(2, 5))
-            ]
-            para = " ".join(sentences).format(name=name, material=material)
-            if long and rand() < 0.4:
-                spec = pick(d.specs)
-                unit = f" {spec.suffix}" if spec.suffix else ""
-                para += f" {spec.description}: {spec.value(self.rng)}{unit}."
-            paragraphs.append(para)
-            size += len(para) + 2
-        return "\n\n".join(paragraphs)[:MAX_DESCRIPTION_CHARS]
-
-    def price(self, d: Domain) -> float:
-        lo, hi = d.price
-        value = math.exp(math.log(lo) + self._random() * (math.log(hi) - math.log(lo)))
-        if value >= 20:
-            return math.floor(value) + self.pick((0.0, 0.5, 0.95, 0.99, 0.99))
-        return round(value, 2)
-
-    def variants(
-        self, d: Domain, price: float, count: int
-    ) -> list[tuple[str, int, dict[str, str]]]:
-        combos = math.prod(len(values) for _, values in d.axes)
-        out: list[tuple[str, int, dict[str, str]]] = []
-        for index in self.sample(range(combos), count):
-            attributes: dict[str, str] = {}
-            for name, values in d.axes:
-                index, choice = divmod(index, len(values))
-                attributes[name] = values[choice]
-            delta = self.pick((0.0, 0.0, 0.0, 0.05, 0.1, -0.05))
-            out.append((money(price * (1 + delta)), self.quantity(), attributes))
-        return out
-
-    def quantity(self) -> int:
-        r = self._random()
-        if r < 0.08:
-            return 0
-        return min(int(-40.0 * math.log(1.0 - self._random())), 2_000)
-
-    def specs(self, d: Domain, count: int) -> list[tuple[str, str, str, str | None]]:
-        if count <= 0:
-            return []
-        pool = d.specs + _COMMON_SPECS
-        chosen = self.sample(pool, count)
-        chosen.sort(key=lambda s: (s.group, s.description))
-        return [(s.group, s.description, s.value(self.rng), s.suffix) for s in chosen]
-
-    def spec(self, d: Domain) -> tuple[str, str, str, str | None]:
-        s = self.pick(d.specs + _COMMON_SPECS)
-        return s.group, s.description, s.value(self.rng), s.suffix
-
-    def images(self, count: int) -> list[tuple[str, int]]:
-        return [
-            (self.pick(_IMAGE_EXTENSIONS), self.between(18_000, 2_400_000)) for _ in range(count)
-        ]
-
-    def tags(self, d: Domain) -> list[str]:
-        tags: list[str] = []
-        n = self.between(0, 3)
-        if n:
-            tags.extend(self.sample(d.tags + _GENERIC_TAGS, n))
-        return tags
-
-    def product(
-        self,
-        d: Domain | None = None,
-        *,
-        long_description: bool | None = None,
-        max_variants: int = 5,
-        max_images: int = 6,
-        max_specs: int = 12,
-    ) -> ProductDraft:
-        rand = self._random
-        d = d or self.domain()
-        name = self.product_name(d)
-        long = rand() < 0.03 if long_description is None else long_description
-        price = self.price(d)
-        roll = rand()
-        if roll < 0.25:
-            list_price: str | None = money(price * (1.1 + 0.5 * rand()))
-        elif roll < 0.9:
-            list_price = money(price)
-        else:
-            list_price = None
-        lo, hi = d.weight
-        weight = f"{lo + (hi - lo) * rand():.3f}" if rand() < 0.95 else None
-        code = ean13(self.rng) if rand() < 0.85 else ""
-        n_images = min(self.pick((0, 1, 1, 2, 2, 3, 3, 4, 5, 6)), max_images)
-        return ProductDraft(
-            domain=d,
-            name=name,
-            description=self.description(d, name, long=long),
-            price=money(price),
-            list_price=list_price,
-            weight=weight,
-            ean13=code,
-            tags=self.tags(d),
-            variants=self.variants(d, price, self.between(1, max_variants)),
-            images=self.images(n_images),
-            specs=self.specs(d, self.between(0, max_specs)),
-        )
-
-
-def reference_for(d: Domain, product_id: int) -> str:
-    """The product's SKU (``KIT-0001234``): unique because the id is."""
-    return f"{d.prefix}-{product_id:07d}"
-
-
-def url_key_for(name: str, product_id: int) -> str:
-    """``professional-coffee-machine-1234``: unique per store because the id is."""
-    return f"{slugify(name)}-{product_id}"
-
-
-def variant_sku(reference: str, index: int) -> str:
-    return f"{reference}-{index + 1:02d}"
-
-
-def image_fields(
-    product_id: int, url_key: str, store_code: str, position: int, ext: str
-) -> tuple[str, str]:
-    """(file_name, url) of a product image."""
-    view = _IMAGE_VIEWS[position % len(_IMAGE_VIEWS)]
-    file_name = f"{url_key}-{view}-{position + 1}.{ext}"
-    return file_name, f"https://cdn.example.com/{store_code}/products/{product_id}/{file_name}"
-
-
-# --------------------------------------------------------------------------- seeding
 
 
 @dataclass
@@ -958,8 +325,8 @@ def _load_reference_data(
     trees: list[_StoreTree] = []
     with cur.copy("COPY stores (id, code, name, currency, locale, updated_at) FROM STDIN") as cp:
         for i in range(n_stores):
-            if i < len(_STORES):
-                code, name, currency, locale = _STORES[i]
+            if i < len(STORES):
+                code, name, currency, locale = STORES[i]
             else:
                 code, name, currency, locale = f"s{i + 1}", f"Catalog Demo {i + 1}", "EUR", "en_IE"
             cp.write_row((i + 1, code, name, currency, locale, _EPOCH))
@@ -972,7 +339,7 @@ def _load_reference_data(
         for d in DOMAINS:
             for bname in d.brands:
                 bid += 1
-                sentence = faker.pick(_GENERIC_SENTENCES)
+                sentence = faker.pick(GENERIC_SENTENCES)
                 desc = f"{bname} makes {d.top.lower()} products. {sentence}"
                 cp.write_row((bid, bname, desc, _ts(faker.between(0, 86400 * 30))))
                 brand_ids.setdefault(d.key, []).append(bid)
@@ -1021,9 +388,9 @@ def _load_reference_data(
     ) as cp:
         page_id = 0
         for tree in trees:
-            for ident, title in rng.sample(_CMS_PAGES, faker.between(4, 6)):
+            for ident, title in rng.sample(CMS_PAGES, faker.between(4, 6)):
                 page_id += 1
-                body = " ".join(faker.pick(_GENERIC_SENTENCES) for _ in range(faker.between(3, 8)))
+                body = " ".join(faker.pick(GENERIC_SENTENCES) for _ in range(faker.between(3, 8)))
                 content = f"<h1>{title}</h1>\n<p>{body}</p>"
                 updated = _ts(faker.between(0, 10**6))
                 cp.write_row((page_id, tree.id, ident, title, content, True, updated))
@@ -1067,7 +434,7 @@ def _generate_products(
     counts: SeedCounts,
 ) -> dict[str, str]:
     """One round of products, as COPY text data keyed by COPY target."""
-    rng, rand, pick = faker.rng, faker._random, faker.pick
+    rng, rand, pick = faker.rng, faker.rng.random, faker.pick
     products: list[str] = []
     variants: list[str] = []
     links: list[str] = []

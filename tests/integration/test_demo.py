@@ -15,7 +15,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pipeline.demo.catalog import CATALOG_TABLES, load_schema, missing_tables
-from pipeline.demo.edits import ROLLBACK_MARKER, EditStats, run_edits
+from pipeline.demo.editor import ROLLBACK_MARKER
+from pipeline.demo.edits import EditStats, run_edits
 from pipeline.demo.errors import DemoError
 from pipeline.demo.seed import SeedCounts, seed_catalog
 from pipeline.errors import CatalogCdcError

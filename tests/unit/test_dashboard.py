@@ -7,6 +7,7 @@ import io
 import socket
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from consumers.runtime import RuntimeMetrics
 from pipeline.assembler.metrics import AssemblerMetrics
 from pipeline.cli import main
-from pipeline.dashboard import demo, render
+from pipeline.dashboard import demo, demo_prepare, demo_proof, demo_wait, render
 from pipeline.dashboard.model import Board, Scrape, Target, figures, parse_metrics, rate, row
 from pipeline.dashboard.scrape import parse_target, targets_from_config
 from pipeline.errors import ConfigurationError
@@ -431,16 +432,16 @@ def test_demo_config_ports_and_state_files() -> None:
     assert (19187, "reader metrics") in ports
     assert (18780, "service admin") in ports  # from its command line's --port
     assert len({p for p, _ in ports}) == len(ports) == 11
-    files = demo.state_files(config, Path(".stack"))
+    files = demo_prepare.state_files(config, Path(".stack"))
     assert {f.name for f in files} == {
         "edge-kv.sqlite", "storefront-api.sqlite", "search-service.sqlite", "webhooks.sqlite"
     }  # fmt: skip
 
 
 def test_the_topics_each_demo_consumer_reads() -> None:
-    assert demo.consumer_topics("storefront-api", "p") == ["p.doc.products"]
-    assert demo.consumer_topics("search", "p") == ["p.doc.products"]
-    assert demo.consumer_topics("edge-kv", "p") == [
+    assert demo_wait.consumer_topics("storefront-api", "p") == ["p.doc.products"]
+    assert demo_wait.consumer_topics("search", "p") == ["p.doc.products"]
+    assert demo_wait.consumer_topics("edge-kv", "p") == [
         "p.doc.products", "p.doc.categories", "p.public.stores", "p.public.cms_pages"
     ]  # fmt: skip
 
@@ -453,11 +454,11 @@ def test_a_port_in_use_is_found() -> None:
         assert demo.taken([(port, "x"), (_free_port(), "y")]) == [(port, "x")]
 
 
-_DB = demo.Expected(
+_DB = demo_proof.Expected(
     {
-        1: {"reference": "R-1", "name": "A", "price": demo.Decimal("9.90"), "active": True,
+        1: {"reference": "R-1", "name": "A", "price": Decimal("9.90"), "active": True,
             "quantity": 3},
-        2: {"reference": "R-2", "name": "B", "price": demo.Decimal("5"), "active": False,
+        2: {"reference": "R-2", "name": "B", "price": Decimal("5"), "active": False,
             "quantity": 0},
     },
     live_sql=2,
@@ -471,10 +472,10 @@ def test_storefront_proof() -> None:
         "R-3": {"name": "C", "price": 1, "active": False, "quantity": 0},  # deleted: deactivated
     }
     state = {"products": shop, "syncs": [{}], "logins": 1}
-    assert demo.prove_storefront(state, _DB).in_sync
+    assert demo_proof.prove_storefront(state, _DB).in_sync
     shop["R-1"] = {**shop["R-1"], "price": 9.5}
     shop["R-3"] = {**shop["R-3"], "active": True}
-    proof = demo.prove_storefront(state, _DB)
+    proof = demo_proof.prove_storefront(state, _DB)
     assert not proof.in_sync
     assert any("price 9.5 != 9.90" in d for d in proof.differences)
     assert any("R-3: active in the shop, deleted" in d for d in proof.differences)
@@ -489,9 +490,9 @@ def test_search_service_proof() -> None:
         "items": items, "status": "normal", "full_import": "done",
         "malformed": {"total": 0}, "blocked": False,
     }  # fmt: skip
-    assert demo.prove_search_service(state, _DB).in_sync
+    assert demo_proof.prove_search_service(state, _DB).in_sync
     items["3"] = {"title": "C", "price": 1, "status": "active"}
-    proof = demo.prove_search_service(state, _DB)
+    proof = demo_proof.prove_search_service(state, _DB)
     assert proof.difference_count == 2  # the count and the extra item
     assert "items in the hosted index: 3 received vs 2" in proof.lines[0]
 
@@ -510,11 +511,11 @@ def test_webhooks_proof() -> None:
         },
         "out_of_order": [], "duplicates": [], "refused": [],
     }  # fmt: skip
-    proof = demo.prove_webhooks(state, _DB)
+    proof = demo_proof.prove_webhooks(state, _DB)
     assert proof.in_sync, proof.differences
     assert proof.lines[0].startswith("events received: 5 for 3 distinct products")
     state["products"]["2"] = {"event_type": "product.deleted"}
-    assert not demo.prove_webhooks(state, _DB).in_sync
+    assert not demo_proof.prove_webhooks(state, _DB).in_sync
 
 
 def test_demo_prepare_names_the_service_that_is_down(
@@ -542,11 +543,11 @@ def test_the_demo_waits_while_the_assembler_catches_up() -> None:
     try:
         port = server.server_port
         metrics.catching_up.set(1)
-        assert demo.assembler_catching_up(port)
+        assert demo_wait.assembler_catching_up(port)
         metrics.catching_up.set(0)
-        assert not demo.assembler_catching_up(port)
+        assert not demo_wait.assembler_catching_up(port)
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
-    assert demo.assembler_catching_up(port)  # not answering: not done yet
+    assert demo_wait.assembler_catching_up(port)  # not answering: not done yet
