@@ -11,6 +11,8 @@ without reading the store) and ``meta``
 
 The state is saved in one transaction *after* the backend confirmed the batch: a crash
 in between redelivers the batch, which computes the same writes again (idempotent).
+Opened and written with the policy of :mod:`consumers.toolkit.ledger` (WAL,
+``synchronous=FULL``: a saved batch survives a power loss, as the backend's copy does).
 The state describes the backend's content: wipe both together.
 """
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from consumers.edge_kv.layout import (
     ProductFacts,
     StoreRow,
 )
+from consumers.toolkit.ledger import open_ledger, transaction
 from pipeline.documents.model import CategoryDocument, ProductDocument, from_json, to_json
 
 __all__ = ["Entity", "SinkState", "decode_body", "encode_body", "entity"]
@@ -87,12 +89,8 @@ class SinkState:
     confirmed batch."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        self.db = open_ledger(path, _SCHEMA)
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(entities)")}
         if "facts" not in columns:  # a state file of an older version: filled by load()
             self.db.execute("ALTER TABLE entities ADD COLUMN facts TEXT")
@@ -140,9 +138,7 @@ class SinkState:
         pulse: str,
     ) -> None:
         """One transaction: the entities changed, the index update, the pulse."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.db) as db:
             db.executemany(
                 "INSERT INTO entities (kind, id, version, body, facts) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, "
@@ -160,10 +156,6 @@ class SinkState:
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (pulse,),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         self.db.close()

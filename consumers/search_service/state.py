@@ -3,18 +3,19 @@
 Tables: ``sent`` (per kind and id: the last version sent, the content hash, deleted or
 not) and ``meta`` (``target``: the API URL this state belongs to, ``schema_hash``,
 ``initial_import``: ``done`` once the first full import completed, ``breaker``: the
-JSON of an open circuit breaker).  Every change is committed at once (WAL journal).
+JSON of an open circuit breaker).  Every change is committed at once, with the policy of
+:mod:`consumers.toolkit.ledger` (WAL, ``synchronous=FULL``).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from consumers.toolkit.ledger import open_ledger, transaction
 
 __all__ = ["Sent", "State"]
 
@@ -39,9 +40,7 @@ class State:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.new = not path.exists()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_DDL)
+        self._db = open_ledger(path, _DDL, shared=True)
 
     def close(self) -> None:
         self._db.close()
@@ -80,7 +79,7 @@ class State:
 
     def record(self, rows: Iterable[tuple[str, int, int, str | None]]) -> None:
         """(kind, id, version, hash) of what the service confirmed; hash None: deleted."""
-        with self._transaction():
+        with transaction(self._db):
             self._db.executemany(
                 "INSERT INTO sent (kind, id, version, hash, deleted) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, "
@@ -95,13 +94,3 @@ class State:
     def count(self) -> int:
         row = self._db.execute("SELECT count(*) FROM sent WHERE NOT deleted").fetchone()
         return int(row[0])
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")

@@ -14,7 +14,8 @@ Two tables:
 
 Each write is committed right after the API answered, before the runtime commits the
 Kafka offsets: after a crash the state is never ahead of what the API confirmed (a
-redelivered create then meets 409 and becomes an update).
+redelivered create then meets 409 and becomes an update).  Opened and written with the
+policy of :mod:`consumers.toolkit.ledger` (WAL, ``synchronous=FULL``).
 
 :func:`status` reads it for people and tools (``python -m consumers.storefront_api.state
 [PATH]``).
@@ -23,13 +24,13 @@ redelivered create then meets 409 and becomes an update).
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from consumers.toolkit.ledger import open_ledger, open_read_only, rows, transaction
 
 __all__ = ["DEFAULT_PATH", "ProductState", "State", "status"]
 
@@ -84,11 +85,7 @@ class State:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_ledger(path, _SCHEMA)
         self._cache: dict[int, ProductState | None] = {}
 
     def close(self) -> None:
@@ -109,7 +106,7 @@ class State:
         if not states:
             return
         now = time.time()
-        with self._transaction():
+        with transaction(self._db):
             self._db.executemany(
                 "INSERT OR REPLACE INTO products (id, reference, remote, active, version, "
                 "digest, name, price, status, sync_id, presta_id, error, updated_at) "
@@ -126,23 +123,11 @@ class State:
     def record_sync(
         self, sync_id: str, endpoint: str, status: str, products: int, succeeded: int
     ) -> None:
-        with self._transaction():
+        with transaction(self._db):
             self._db.execute(
                 "INSERT OR REPLACE INTO syncs VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (sync_id, endpoint, status, products, succeeded, products - succeeded, time.time()),
             )
-
-    def _transaction(self) -> Any:
-        db = self._db
-
-        class _Tx:
-            def __enter__(self) -> None:
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, exc_type: object, *_: object) -> None:
-                db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-        return _Tx()
 
 
 def _product(row: tuple[Any, ...]) -> ProductState:
@@ -153,36 +138,27 @@ def _product(row: tuple[Any, ...]) -> ProductState:
     )  # fmt: skip
 
 
-def _rows(db: sqlite3.Connection, sql: str) -> Iterator[dict[str, Any]]:
-    cur = db.execute(sql)
-    names = [d[0] for d in cur.description]
-    for row in cur:
-        yield dict(zip(names, row, strict=True))
-
-
 def status(state_path: Path | str = DEFAULT_PATH, *, last: int = 10) -> dict[str, Any]:
     """What the storefront has, as far as the sink knows: product counts by status,
     sync counts by status, the ``last`` syncs and the products in error."""
     path = Path(state_path)
     if not path.exists():
         return {"state": str(path), "exists": False, "products": {}, "syncs": {}, "last_syncs": []}
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = open_read_only(path)
     try:
         products = {
             r["status"]: r["n"]
-            for r in _rows(db, "SELECT status, count(*) AS n FROM products GROUP BY status")
+            for r in rows(db, "SELECT status, count(*) AS n FROM products GROUP BY status")
         }
         syncs = {
             r["status"]: r["n"]
-            for r in _rows(db, "SELECT status, count(*) AS n FROM syncs GROUP BY status")
+            for r in rows(db, "SELECT status, count(*) AS n FROM syncs GROUP BY status")
         }
-        recent = list(_rows(db, f"SELECT * FROM syncs ORDER BY at DESC, sync_id LIMIT {int(last)}"))
-        errors = list(
-            _rows(
-                db,
-                "SELECT id, reference, status, version, error FROM products "
-                "WHERE error IS NOT NULL ORDER BY updated_at DESC LIMIT 100",
-            )
+        recent = rows(db, f"SELECT * FROM syncs ORDER BY at DESC, sync_id LIMIT {int(last)}")
+        errors = rows(
+            db,
+            "SELECT id, reference, status, version, error FROM products "
+            "WHERE error IS NOT NULL ORDER BY updated_at DESC LIMIT 100",
         )
         remote = db.execute("SELECT count(*) FROM products WHERE remote = 1").fetchone()[0]
     finally:

@@ -54,7 +54,7 @@ from consumers.runtime import Record, Rejected, TransientSinkError
 from consumers.webhooks import events
 from consumers.webhooks.config import Subscriber, load_subscribers, parse_duration
 from consumers.webhooks.outbox import Entry, Known, Outbox, Queued
-from pipeline.codec.avro_schema import _json_dumps
+from pipeline.codec.jsontext import json_dumps as _json_dumps
 from pipeline.documents.model import ProductDocument
 
 log = logging.getLogger(__name__)
