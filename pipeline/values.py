@@ -1,4 +1,10 @@
-"""Conversion of PostgreSQL text-format output values to Python objects.
+"""PostgreSQL text-format values: raw tuples, and their conversion to Python objects.
+
+The contract the reader and the codec share (beside :mod:`pipeline.events`, inside
+neither): the reader decodes pgoutput into raw tuples (:data:`RawTuple`) and converts
+them to rows; the codec's raw encoder (:mod:`pipeline.codec.raw`) writes them straight
+to Avro with the same converters, and both report a value that does not convert with
+the same :class:`ValueConversionError` (:func:`raise_conversion_error`).
 
 pgoutput sends column values in the *text* output format of their type (unless the
 ``binary`` option is on, which this module does not support).  :func:`converter_for`
@@ -48,23 +54,63 @@ may be anything: timestamptz offsets (``+00``, ``+05:30``, ``-04:56:02``) are ho
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NoReturn, TypeAlias
 from uuid import UUID, SafeUUID
+
+from pipeline.errors import CatalogCdcError
+from pipeline.events import UNCHANGED_TOAST, Column, TableSchema, UnchangedToast
 
 __all__ = [
     "BUILTIN_TYPE_NAMES",
     "BUILTIN_TYPE_OIDS",
     "CONVERSION_ERRORS",
+    "BinaryValue",
     "Converter",
+    "Datum",
+    "RawTuple",
+    "SchemaMismatchError",
+    "ValueConversionError",
     "array_converter",
     "convert_text",
     "converter_for",
     "parse_array",
+    "raise_conversion_error",
 ]
+
+
+# ------------------------------------------------------------------ raw tuples
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryValue:
+    """A column value sent in binary format (``'b'``; only with the ``binary`` option)."""
+
+    data: bytes
+
+
+Datum: TypeAlias = bytes | BinaryValue | UnchangedToast | None
+"""One raw tuple column: text bytes, binary value, unchanged TOAST marker or NULL."""
+
+RawTuple: TypeAlias = tuple[Datum, ...]
+"""The columns of one TupleData, in the order of the Relation message's columns."""
+
+
+class SchemaMismatchError(CatalogCdcError):
+    """A tuple does not match the newest Relation message of its table."""
+
+
+class ValueConversionError(CatalogCdcError):
+    """A column value could not be converted to its Python type.
+
+    The message names the table, the column, the PostgreSQL type and the offending text
+    (truncated).  The reader stops on it: a value is never skipped or nulled.
+    """
+
 
 Converter: TypeAlias = Callable[[bytes], Any]
 """Turns one non-NULL text-format value into its Python value; raises on bad input."""
@@ -436,3 +482,45 @@ def converter_for(type_oid: int) -> Converter:
 def convert_text(type_oid: int, value: bytes) -> Any:
     """Convert one non-NULL text-format value (a convenience; hot paths cache converters)."""
     return converter_for(type_oid)(value)
+
+
+# ------------------------------------------------------------------ conversion errors
+
+_SHOWN_TEXT: Final = 80
+"""How many characters of an offending value an error message shows."""
+
+
+def raise_conversion_error(
+    schema: TableSchema, cells: Iterable[tuple[Column, Converter, Datum]]
+) -> NoReturn:
+    """Raise the ValueConversionError of the first cell that does not convert.
+
+    The one message every conversion path gives: column, table, type, offending text.
+    """
+    for column, convert, value in cells:
+        if value is None or value is UNCHANGED_TOAST:
+            continue
+        type_desc = f"{column.type_name or 'unknown type'} (oid {column.type_oid})"
+        where = f"column {column.name!r} of {schema.qualified_name}, type {type_desc}"
+        if isinstance(value, BinaryValue):
+            raise ValueConversionError(
+                f"{where}: value sent in binary format, which is not supported;"
+                " start replication with binary 'false'"
+            )
+        try:
+            convert(value)
+        except CONVERSION_ERRORS as exc:
+            raise ValueConversionError(f"{where}: cannot convert {_show(value)}: {exc}") from exc
+    raise ValueConversionError(  # pragma: no cover - converters are deterministic
+        f"a value of {schema.qualified_name} failed to convert but none fails on retry"
+    )
+
+
+def _show(value: Datum) -> str:
+    """A value's text for an error message, truncated."""
+    if not isinstance(value, bytes):
+        return repr(value)
+    text = value.decode(errors="replace")
+    if len(text) > _SHOWN_TEXT:
+        return f"{text[:_SHOWN_TEXT]!r}... ({len(value)} bytes)"
+    return repr(text)

@@ -49,7 +49,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
-from pipeline.codec.avro_schema import _json_dumps, _json_loads
+from pipeline.codec.jsontext import json_dumps as _json_dumps
+from pipeline.codec.jsontext import json_loads as _json_loads
 from pipeline.documents.model import CategoryDocument, ProductDocument, to_json
 
 __all__ = [

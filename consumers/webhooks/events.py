@@ -25,7 +25,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from pipeline.codec.avro_schema import _json_dumps
+from pipeline.codec.jsontext import json_dumps as _json_dumps
 from pipeline.documents.model import ProductDocument
 
 __all__ = [

@@ -66,7 +66,7 @@ from pipeline.assembler.state import (
     StateError,
     serialize_row,
 )
-from pipeline.codec.avro_schema import _json_loads
+from pipeline.codec.jsontext import json_loads as _json_loads
 from pipeline.documents.model import (
     CategoryDocument,
     Document,

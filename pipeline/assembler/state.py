@@ -45,7 +45,7 @@ from typing import Any, Final
 
 import orjson
 
-from pipeline.codec.avro_schema import _json_dumps
+from pipeline.codec.jsontext import json_dumps as _json_dumps
 from pipeline.errors import CatalogCdcError
 from pipeline.events import UNCHANGED_TOAST, Row
 from pipeline.jsonify import jsonable, loads

@@ -20,14 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from pipeline.codec.avro_schema import (
-    EnvelopeDecoder,
-    KeyDecoder,
-    TableCodec,
-    compile_table,
-    key_schema,
-    value_schema,
-)
+from pipeline.codec.avro_decode import EnvelopeDecoder, KeyDecoder
+from pipeline.codec.avro_schema import key_schema, value_schema
 from pipeline.codec.errors import (
     CodecError,
     DecodeError,
@@ -37,13 +31,16 @@ from pipeline.codec.errors import (
     SchemaNotFoundError,
     SchemaStoreError,
 )
+from pipeline.codec.fingerprint import fingerprint
 from pipeline.codec.schema_store import InMemorySchemaStore, KafkaSchemaStore, SchemaStore
-from pipeline.codec.single_object import SingleObjectCodec, fingerprint
+from pipeline.codec.single_object import SingleObjectCodec
+from pipeline.codec.table_codec import TableCodec, compile_table
 from pipeline.events import ChangeEvent, Row, TableSchema
 
 if TYPE_CHECKING:
     from pipeline.codec.avro_schema import AvroSchema
-    from pipeline.codec.raw import ConverterOf, FramedRawEncoder
+    from pipeline.codec.raw import ConverterOf
+    from pipeline.codec.raw_framed import FramedRawEncoder
 
 
 class EventCodec(Protocol):

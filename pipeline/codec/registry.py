@@ -26,21 +26,14 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro import schemaless_reader
 
-from pipeline.codec.avro_schema import (
-    AvroSchema,
-    EnvelopeDecoder,
-    KeyDecoder,
-    TableCodec,
-    canonical_json,
-    compile_table,
-    encode_error,
-    is_envelope_schema,
-    parse,
-)
+from pipeline.codec.avro_decode import EnvelopeDecoder, KeyDecoder
+from pipeline.codec.avro_schema import AvroSchema, canonical_json, is_envelope_schema, parse
 from pipeline.codec.errors import DecodeError, RegistryError, SchemaNotFoundError
-from pipeline.codec.raw import ConverterOf, FramedRawEncoder, RawTableEncoder
+from pipeline.codec.raw import ConverterOf, RawTableEncoder
+from pipeline.codec.raw_framed import FramedRawEncoder
+from pipeline.codec.table_codec import TableCodec, compile_table, encode_error
 from pipeline.events import ChangeEvent, Row, TableSchema
-from pipeline.reader.values import converter_for
+from pipeline.values import converter_for
 
 MAGIC_BYTE: Final = 0
 HEADER: Final = struct.Struct(">bI")

@@ -40,7 +40,7 @@ from fastavro.schema import SchemaParseException
 
 from pipeline.codec.avro_schema import AvroSchema, canonical_json
 from pipeline.codec.errors import SchemaConflictError, SchemaNotFoundError, SchemaStoreError
-from pipeline.codec.single_object import fingerprint
+from pipeline.codec.fingerprint import fingerprint
 from pipeline.topics import schemas_topic
 
 log = logging.getLogger(__name__)

@@ -19,67 +19,21 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from fastavro import schemaless_reader, schemaless_writer
-from fastavro.schema import to_parsing_canonical_form
 
-from pipeline.codec.avro_schema import (
-    AvroSchema,
-    EnvelopeDecoder,
-    KeyDecoder,
-    TableCodec,
-    canonical_json,
-    compile_table,
-    encode_error,
-    is_envelope_schema,
-    parse,
-)
+from pipeline.codec.avro_decode import EnvelopeDecoder, KeyDecoder
+from pipeline.codec.avro_schema import AvroSchema, canonical_json, is_envelope_schema, parse
 from pipeline.codec.errors import DecodeError
-from pipeline.codec.raw import ConverterOf, FramedRawEncoder, RawTableEncoder
+from pipeline.codec.raw import ConverterOf, RawTableEncoder
+from pipeline.codec.raw_framed import FramedRawEncoder
+from pipeline.codec.table_codec import TableCodec, compile_table, encode_error
 from pipeline.events import ChangeEvent, Row, TableSchema
-from pipeline.reader.values import converter_for
+from pipeline.values import converter_for
 
 if TYPE_CHECKING:
     from pipeline.codec.schema_store import SchemaStore
 
 MAGIC: Final = b"\xc3\x01"
 HEADER_SIZE: Final = 10
-
-_EMPTY64: Final = 0xC15D213AA4D7A795
-
-
-def _crc64_table() -> tuple[int, ...]:
-    table = []
-    for i in range(256):
-        fp = i
-        for _ in range(8):
-            fp = (fp >> 1) ^ (_EMPTY64 & -(fp & 1))
-        table.append(fp)
-    return tuple(table)
-
-
-_CRC64_TABLE: Final = _crc64_table()
-
-
-def crc64_avro(data: bytes) -> int:
-    """The 64-bit Rabin fingerprint (CRC-64-AVRO) of ``data``, as an unsigned int."""
-    fp = _EMPTY64
-    table = _CRC64_TABLE
-    for byte in data:
-        fp = (fp >> 8) ^ table[(fp ^ byte) & 0xFF]
-    return fp
-
-
-def parsing_canonical_form(schema: AvroSchema) -> str:
-    """The schema's Parsing Canonical Form (Avro spec), via fastavro."""
-    return str(to_parsing_canonical_form(schema))
-
-
-def fingerprint(schema: AvroSchema) -> bytes:
-    """The 8 fingerprint bytes of ``schema`` exactly as they appear in a message header.
-
-    CRC-64-AVRO of the UTF-8 Parsing Canonical Form, little-endian.
-    """
-    pcf = parsing_canonical_form(schema).encode("utf-8")
-    return crc64_avro(pcf).to_bytes(8, "little")
 
 
 def split_header(data: bytes) -> tuple[bytes, memoryview]:

@@ -78,7 +78,8 @@ from typing import Annotated, Any, Final, Self, TypeVar, cast, overload
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic import model_validator as _model_validator
 
-from pipeline.codec.avro_schema import _json_dumps, _json_loads
+from pipeline.codec.jsontext import json_dumps as _json_dumps
+from pipeline.codec.jsontext import json_loads as _json_loads
 
 __all__ = [
     "AVRO_SCHEMA_FILES",

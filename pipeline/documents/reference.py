@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel
 
-from pipeline.codec.avro_schema import _json_loads
+from pipeline.codec.jsontext import json_loads as _json_loads
 from pipeline.documents.model import (
     BrandRef,
     CategoryDocument,

@@ -23,8 +23,9 @@ from typing import Any, Final, cast
 from fastavro import schemaless_reader, schemaless_writer
 
 from pipeline.codec.errors import DecodeError
+from pipeline.codec.fingerprint import fingerprint
 from pipeline.codec.schema_store import SchemaStore
-from pipeline.codec.single_object import MAGIC, SingleObjectEncoding, fingerprint, split_header
+from pipeline.codec.single_object import MAGIC, SingleObjectEncoding, split_header
 from pipeline.documents.model import (
     CategoryDocument,
     D,

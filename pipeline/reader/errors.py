@@ -4,6 +4,11 @@ All derive from :class:`ReaderError` (itself a :class:`~pipeline.errors.CatalogC
 Each one means the reader cannot go on *safely*: it must stop without acknowledging the
 LSN of the message that failed, so that nothing is skipped; the message says what failed
 and where.
+
+The errors of a tuple's values, which the codec's raw encoder raises as well
+(:class:`~pipeline.values.ValueConversionError`,
+:class:`~pipeline.values.SchemaMismatchError`), live with the values in
+:mod:`pipeline.values`, the contract the reader and the codec share.
 """
 
 from __future__ import annotations
@@ -34,15 +39,3 @@ class PgOutputDecodeError(ReaderError):
 
 class UnknownRelationError(ReaderError):
     """A row refers to a relation id for which no Relation message has been applied."""
-
-
-class SchemaMismatchError(ReaderError):
-    """A tuple does not match the newest Relation message of its table."""
-
-
-class ValueConversionError(ReaderError):
-    """A column value could not be converted to its Python type.
-
-    The message names the table, the column, the PostgreSQL type and the offending text
-    (truncated).  The reader stops on it: a value is never skipped or nulled.
-    """

@@ -13,7 +13,8 @@ Guarantees:
   and trailing bytes all raise :class:`~pipeline.reader.errors.PgOutputDecodeError`,
   whose text names the message type and the byte offset that failed.  No other
   exception escapes for malformed input.
-* Tuple columns are kept raw (:data:`RawTuple`): ``None`` for NULL (``'n'``),
+* Tuple columns are kept raw (:data:`~pipeline.values.RawTuple`, the reader's and the
+  codec's shared contract, re-exported here): ``None`` for NULL (``'n'``),
   :data:`~pipeline.events.UNCHANGED_TOAST` for an unchanged TOASTed value (``'u'``),
   ``bytes`` for a text-format value (``'t'``) and :class:`BinaryValue` for a
   binary-format value (``'b'``).  Conversion to Python values is
@@ -32,8 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
-from pipeline.events import UNCHANGED_TOAST, UnchangedToast
+from pipeline.events import UNCHANGED_TOAST
 from pipeline.reader.errors import PgOutputDecodeError
+from pipeline.values import BinaryValue, Datum, RawTuple
 
 __all__ = [
     "PG_EPOCH_OFFSET_US",
@@ -79,19 +81,6 @@ def format_lsn(lsn: int) -> str:
     """Format an LSN the way PostgreSQL prints it (``16/B374D848``)."""
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
-
-@dataclass(frozen=True, slots=True)
-class BinaryValue:
-    """A column value sent in binary format (``'b'``; only with the ``binary`` option)."""
-
-    data: bytes
-
-
-Datum: TypeAlias = bytes | BinaryValue | UnchangedToast | None
-"""One raw tuple column: text bytes, binary value, unchanged TOAST marker or NULL."""
-
-RawTuple: TypeAlias = tuple[Datum, ...]
-"""The columns of one TupleData, in the order of the Relation message's columns."""
 
 TupleKind: TypeAlias = Literal["K", "O"]
 """Old-tuple kind: ``'K'`` replica-identity key columns only, ``'O'`` the whole old row."""

@@ -7,32 +7,32 @@ shape, always before the rows that use the new shape; applying every Relation me
 stream order therefore keeps rows and schemas in step, also across ALTER TABLE.
 
 Row conversion never loses a value silently: a value that does not convert raises
-:class:`~pipeline.reader.errors.ValueConversionError` (table, column, type, offending
+:class:`~pipeline.values.ValueConversionError` (table, column, type, offending
 text); a tuple whose width differs from the schema raises
-:class:`~pipeline.reader.errors.SchemaMismatchError`.
+:class:`~pipeline.values.SchemaMismatchError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Literal, NoReturn
+from typing import Literal, NoReturn
 
 from pipeline.events import UNCHANGED_TOAST, Column, Row, TableSchema
-from pipeline.reader.errors import SchemaMismatchError, UnknownRelationError, ValueConversionError
-from pipeline.reader.pgoutput import BinaryValue, Datum, RawTuple, Relation, Type
-from pipeline.reader.values import (
+from pipeline.reader.errors import UnknownRelationError
+from pipeline.reader.pgoutput import Relation, Type
+from pipeline.values import (
     BUILTIN_TYPE_NAMES,
     BUILTIN_TYPE_OIDS,
     CONVERSION_ERRORS,
     Converter,
+    RawTuple,
+    SchemaMismatchError,
     converter_for,
+    raise_conversion_error,
 )
 
 __all__ = ["RelationCache"]
-
-_SHOWN_TEXT: Final = 80
-"""How many characters of an offending value an error message shows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ class RelationCache:
     """Schemas of the published tables seen on one replication stream, and row conversion.
 
     Not thread-safe; one per replication stream.  Types: built-in OIDs are known
-    statically (:data:`~pipeline.reader.values.BUILTIN_TYPE_NAMES`); other types by the
+    statically (:data:`~pipeline.values.BUILTIN_TYPE_NAMES`); other types by the
     Type messages applied.  A type sent as a domain over a built-in type (a Type message
     naming a ``pg_catalog`` type) converts like that built-in type; enums, composites and
     other user types become ``str``.
@@ -221,39 +221,3 @@ class RelationCache:
         raise_conversion_error(
             schema, zip(schema.columns, compiled.converters, values, strict=True)
         )
-
-
-def raise_conversion_error(
-    schema: TableSchema, cells: Iterable[tuple[Column, Converter, Datum]]
-) -> NoReturn:
-    """Raise the ValueConversionError of the first cell that does not convert.
-
-    The one message every conversion path gives: column, table, type, offending text.
-    """
-    for column, convert, value in cells:
-        if value is None or value is UNCHANGED_TOAST:
-            continue
-        type_desc = f"{column.type_name or 'unknown type'} (oid {column.type_oid})"
-        where = f"column {column.name!r} of {schema.qualified_name}, type {type_desc}"
-        if isinstance(value, BinaryValue):
-            raise ValueConversionError(
-                f"{where}: value sent in binary format, which is not supported;"
-                " start replication with binary 'false'"
-            )
-        try:
-            convert(value)
-        except CONVERSION_ERRORS as exc:
-            raise ValueConversionError(f"{where}: cannot convert {_show(value)}: {exc}") from exc
-    raise ValueConversionError(  # pragma: no cover - converters are deterministic
-        f"a value of {schema.qualified_name} failed to convert but none fails on retry"
-    )
-
-
-def _show(value: Datum) -> str:
-    """A value's text for an error message, truncated."""
-    if not isinstance(value, bytes):
-        return repr(value)
-    text = value.decode(errors="replace")
-    if len(text) > _SHOWN_TEXT:
-        return f"{text[:_SHOWN_TEXT]!r}... ({len(value)} bytes)"
-    return repr(text)

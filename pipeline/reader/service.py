@@ -34,13 +34,13 @@ from confluent_kafka import Producer
 from psycopg import sql
 
 from pipeline.codec import EventCodec, make_codec
-from pipeline.codec.raw import FramedRawEncoder
+from pipeline.codec.raw_framed import FramedRawEncoder
 from pipeline.errors import CatalogCdcError
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent, Row, SnapshotMarker, Source, TableSchema
 from pipeline.kafka import TopicSpec, ensure_topics, partition_for, producer_config
 from pipeline.reader import pgoutput as po
 from pipeline.reader.acks import AckTracker, _Tx
-from pipeline.reader.errors import ReaderError, ValueConversionError
+from pipeline.reader.errors import ReaderError
 from pipeline.reader.incremental import IncrementalSnapshot
 from pipeline.reader.metrics import ReaderMetrics
 from pipeline.reader.relations import RelationCache
@@ -55,6 +55,7 @@ from pipeline.reader.snapshot import (
 from pipeline.reader.state import ReaderStateStore
 from pipeline.settings import metrics_address
 from pipeline.topics import raw_topic
+from pipeline.values import ValueConversionError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from psycopg.adapt import Loader
 
 from pipeline.reader.errors import ReaderError
 from pipeline.reader.pgoutput import RawTuple, Relation, RelationColumn, Type
-from pipeline.reader.values import BUILTIN_TYPE_NAMES
+from pipeline.values import BUILTIN_TYPE_NAMES
 
 
 class SnapshotError(ReaderError):

@@ -27,7 +27,7 @@ from elasticsearch import Elasticsearch
 
 from consumers.registry import SinkContext
 from consumers.webhooks import events
-from pipeline.codec.avro_schema import _json_dumps
+from pipeline.codec.jsontext import json_dumps as _json_dumps
 from pipeline.documents.reference import expected_documents
 from pipeline.settings import ConnectionSettings
 from pipeline.stack.postgres import PostgresService, find_bindir

@@ -36,7 +36,7 @@ from pipeline.reader.pgoutput import (
     decode_message,
 )
 from pipeline.reader.relations import RelationCache
-from pipeline.reader.values import BUILTIN_TYPE_NAMES
+from pipeline.values import BUILTIN_TYPE_NAMES
 
 pytestmark = pytest.mark.integration
 
@@ -378,7 +378,7 @@ def test_builtin_type_map_matches_the_server(conn: psycopg.Connection[Any]) -> N
 
 def test_timestamptz_offsets_of_a_real_session(conn: psycopg.Connection[Any]) -> None:
     # Whatever TimeZone the session uses, the instant survives (historic LMT offsets too).
-    from pipeline.reader.values import converter_for
+    from pipeline.values import converter_for
 
     convert = converter_for(1184)
     instant = datetime(1890, 6, 1, 12, 0, tzinfo=UTC)

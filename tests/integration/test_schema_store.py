@@ -11,7 +11,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 
 from pipeline.codec import KafkaSchemaStore, SchemaNotFoundError, SingleObjectCodec, value_schema
-from pipeline.codec.single_object import fingerprint, split_header
+from pipeline.codec.fingerprint import fingerprint
+from pipeline.codec.single_object import split_header
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent, Column, Source, TableSchema
 
 pytestmark = pytest.mark.integration

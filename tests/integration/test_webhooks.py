@@ -21,7 +21,7 @@ from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from consumers.webhooks import events
 from consumers.webhooks.config import Subscriber
 from consumers.webhooks.sink import WebhooksSink
-from pipeline.codec.avro_schema import _json_dumps
+from pipeline.codec.jsontext import json_dumps as _json_dumps
 from pipeline.demo.edits import run_edits
 from pipeline.demo.seed import seed_catalog
 from pipeline.documents.reading import document_codec

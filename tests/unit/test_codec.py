@@ -31,7 +31,8 @@ from pipeline.codec import (
     value_schema,
 )
 from pipeline.codec.avro_schema import avro_namespace, column_avro_type
-from pipeline.codec.single_object import MAGIC, crc64_avro, fingerprint, split_header
+from pipeline.codec.fingerprint import crc64_avro, fingerprint
+from pipeline.codec.single_object import MAGIC, split_header
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent, Column, Source, TableSchema
 
 UTC = datetime.UTC
@@ -57,7 +58,7 @@ MATRIX = st.integers(1, 3).flatmap(
         st.lists(st.none() | st.integers(-(2**31), 2**31 - 1), min_size=n, max_size=n), max_size=3
     )
 )
-FIXED_OFFSETS = st.builds(  # timetz values carry a fixed offset (pipeline.reader.values)
+FIXED_OFFSETS = st.builds(  # timetz values carry a fixed offset (pipeline.values)
     lambda s: datetime.timezone(datetime.timedelta(seconds=s)), st.integers(-15 * 3600, 15 * 3600)
 )
 COLUMNS: list[tuple[Column, st.SearchStrategy[Any]]] = [

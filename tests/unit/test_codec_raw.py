@@ -25,13 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.codec import EncodeError, InMemorySchemaStore, SingleObjectCodec
-from pipeline.codec.avro_schema import compile_table
-from pipeline.codec.raw import FramedRawEncoder, RawTableEncoder, compile_raw
+from pipeline.codec.raw import RawTableEncoder, compile_raw
+from pipeline.codec.raw_framed import FramedRawEncoder
 from pipeline.codec.registry import ConfluentRegistryCodec
+from pipeline.codec.table_codec import compile_table
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent, Source
 from pipeline.reader import pgoutput as po
-from pipeline.reader.errors import SchemaMismatchError, ValueConversionError
 from pipeline.reader.relations import RelationCache
+from pipeline.values import SchemaMismatchError, ValueConversionError
 
 PREFIX = "catalog"
 TOPIC = "catalog.public.items"

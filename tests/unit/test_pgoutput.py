@@ -13,12 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.events import UNCHANGED_TOAST, Column, TableSchema
-from pipeline.reader.errors import (
-    PgOutputDecodeError,
-    SchemaMismatchError,
-    UnknownRelationError,
-    ValueConversionError,
-)
+from pipeline.reader.errors import PgOutputDecodeError, UnknownRelationError
 from pipeline.reader.pgoutput import (
     Begin,
     BinaryValue,
@@ -44,6 +39,7 @@ from pipeline.reader.pgoutput import (
     pg_timestamp_to_epoch_ms,
 )
 from pipeline.reader.relations import RelationCache
+from pipeline.values import SchemaMismatchError, ValueConversionError
 
 # ----------------------------------------------------------------------------- builder
 

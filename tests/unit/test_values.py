@@ -1,4 +1,4 @@
-"""Unit tests of the text-format value converters (pipeline.reader.values)."""
+"""Unit tests of the text-format value converters (pipeline.values)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.reader.pgoutput import BinaryValue
-from pipeline.reader.values import (
+from pipeline.values import (
     BUILTIN_TYPE_NAMES,
     BUILTIN_TYPE_OIDS,
     CONVERSION_ERRORS,
