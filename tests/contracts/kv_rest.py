@@ -29,7 +29,8 @@ count}}``.
 
 Options (``--option k=v``): ``account`` (default ``demo-account``), ``namespace``
 (``demo-namespace``), ``token`` (``demo-token``), ``write_interval`` (seconds, default 1).
-Knob for tests: :meth:`Server.fail_next`.
+Knobs for tests: :meth:`Server.fail_next`, :meth:`Server.throttle_writes` (429 to every
+write until lifted).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class Server(ContractServer):
         self.writes: dict[str, int] = {}
         self.violations: list[dict[str, Any]] = []
         self._fail: list[int] = []
+        self._throttled = False
+        self.throttled = 0  # write requests answered 429 by throttle_writes
 
     @property
     def api_url(self) -> str:
@@ -95,6 +98,12 @@ class Server(ContractServer):
         """Answer the next write requests with these statuses (e.g. 503, 429)."""
         with self.lock:
             self._fail.extend(statuses)
+
+    def throttle_writes(self, on: bool = True) -> None:
+        """While on, every write request (bulk write or delete) is answered 429 / 10049
+        (``Retry-After: 0.2``) and not applied at all."""
+        with self.lock:
+            self._throttled = on
 
     def state(self) -> Any:
         return {
@@ -162,6 +171,9 @@ class Server(ContractServer):
         return body, None
 
     def _injected(self) -> Response | None:
+        if self._throttled:
+            self.throttled += 1
+            return _fail(429, 10049, "throttled (throttle_writes)", **{"Retry-After": "0.2"})
         if self._fail:
             status = self._fail.pop(0)
             return _fail(status, 10000 + status, f"injected {status}", **{"Retry-After": "0.1"})

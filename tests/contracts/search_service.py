@@ -33,7 +33,7 @@ fifth within an hour blocks the key: from then on every request gets
 Options (``--option k=v``): ``private_key`` (default ``demo-private-key``),
 ``index_delay`` (seconds a change stays ``update``/``updating`` in ``state/get``,
 default 0).  Knobs for tests: :meth:`Server.fail_next`, :meth:`Server.refuse_next`,
-:meth:`Server.unblock`.
+:meth:`Server.unblock`, :meth:`Server.throttle` (429 to every request until lifted).
 """
 
 from __future__ import annotations
@@ -117,6 +117,8 @@ class Server(ContractServer):
         self.log: list[dict[str, Any]] = []
         self._failures: list[tuple[int, float | None]] = []
         self._refusals: list[str] = []
+        self._throttle: float | None = None
+        self.throttled = 0  # requests answered 429 by throttle()
 
     # -- knobs --------------------------------------------------------------------------
 
@@ -131,6 +133,12 @@ class Server(ContractServer):
         counted as such): what the real service does with data it cannot process."""
         with self.lock:
             self._refusals += [reason] * n
+
+    def throttle(self, on: bool = True, retry_after: float = 0.2) -> None:
+        """While on, every request is answered 429 (``Retry-After``), before anything is
+        read or counted (the API has no per-item throttle: a request is throttled whole)."""
+        with self.lock:
+            self._throttle = retry_after if on else None
 
     def unblock(self) -> None:
         with self.lock:
@@ -212,6 +220,11 @@ class Server(ContractServer):
         self, req: Request, entry: dict[str, Any], needs_active: bool
     ) -> tuple[dict[str, list[bytes]], Response | None]:
         """Failures on purpose, the form, the key, the block: (params, refusal or None)."""
+        if self._throttle is not None:
+            self.throttled += 1
+            return {}, Response(
+                429, {"errors": {"error": "http_429"}}, {"Retry-After": f"{self._throttle:g}"}
+            )
         if self._failures:
             status, retry_after = self._failures.pop(0)
             headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}

@@ -29,7 +29,8 @@ default 3600), ``secret`` (JWT signing key), ``categories`` (the category ids th
 exist in the shop, ``1-500`` or ``1,2,5``; default: any positive id).
 
 Knobs for tests: :meth:`Server.fail_next` (the next n sync requests answer a status),
-:meth:`Server.fail_items` (the next n batch items do), :meth:`Server.expire_tokens`,
+:meth:`Server.fail_items` (the next n batch items do), :meth:`Server.throttle_references`
+(chosen products answer a status until lifted), :meth:`Server.expire_tokens`,
 :meth:`Server.preload`.  :meth:`Server.state` returns the products by reference, the
 sync log, the logins and every reference received.
 """
@@ -44,6 +45,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +118,7 @@ class Server(ContractServer):
         self._not_before = 0.0
         self._failures: deque[_Failure] = deque()
         self._item_failures: deque[int] = deque()
+        self._throttled: dict[str, int] = {}
         self._windows: dict[str, deque[float]] = {}
         self._seq = 0
         self._ids = threading.Lock()
@@ -131,6 +134,13 @@ class Server(ContractServer):
         """The next ``n`` products of batch requests fail with ``status`` (the rest succeed)."""
         with self.lock:
             self._item_failures.extend([status] * n)
+
+    def throttle_references(self, references: Iterable[str] = (), status: int = 429) -> None:
+        """Until called again (``throttle_references()`` lifts it), every product with one
+        of ``references`` answers ``status`` and changes nothing: alone as a batch item (the
+        rest of the batch is applied), as a whole on the single endpoint."""
+        with self.lock:
+            self._throttled = dict.fromkeys(references, status)
 
     def expire_tokens(self) -> None:
         """Every token issued so far is expired from now on (a new login is needed)."""
@@ -250,6 +260,10 @@ class Server(ContractServer):
         with self.lock:
             if isinstance(body, dict) and isinstance(body.get("reference"), str):
                 self.received.append(body["reference"])
+                throttled = self._throttled.get(body["reference"])
+                if throttled is not None:
+                    return Response(throttled, {"success": False, "error": _FAILURE_ERRORS.get(
+                        throttled, "Server error")})  # fmt: skip
             errors = self._check(body)
             if errors:
                 return Response(_status_of(errors), rules.error_body(errors))
@@ -282,9 +296,15 @@ class Server(ContractServer):
                 ref = item.get("reference") if isinstance(item, dict) else None
                 if isinstance(ref, str):
                     self.received.append(ref)
-                if self._item_failures:
-                    code = self._item_failures.popleft()
+                if isinstance(ref, str) and ref in self._throttled:
+                    code = self._throttled[ref]
                     payload: dict[str, Any] = {
+                        "success": False,
+                        "error": _FAILURE_ERRORS.get(code, "Server error"),
+                    }
+                elif self._item_failures:
+                    code = self._item_failures.popleft()
+                    payload = {
                         "success": False,
                         "error": _FAILURE_ERRORS.get(code, "Server error"),
                     }

@@ -17,7 +17,8 @@ It is the receiving end of ``catalog-cdc consume webhooks``: ``POST {path}`` (de
 
 Knobs for tests (in-process methods, also ``POST /_contract/fail-next`` ``{"n",
 "status"}``, ``/_contract/down`` ``{"seconds"}``, ``/_contract/slow`` ``{"seconds"}``):
-:meth:`Server.fail_next`, :meth:`Server.down`, :meth:`Server.respond_slowly`.
+:meth:`Server.fail_next`, :meth:`Server.down`, :meth:`Server.respond_slowly`; in-process only:
+:meth:`Server.refuse_products`, :meth:`Server.throttle_products` (per product, until lifted).
 
 Options: ``secret`` (>= 32 characters, the ERP seed's minimum), ``path``,
 ``tolerance`` (seconds a timestamp may be off, default 300).  ``GET /_contract/state``:
@@ -30,6 +31,7 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from pipeline.errors import ConfigurationError
@@ -109,6 +111,8 @@ class Server(ContractServer):
         self.duplicates: list[str] = []
         self.out_of_order: list[dict[str, Any]] = []
         self.refused: list[dict[str, Any]] = []  # (status, reason) of what was not accepted
+        self._refuse_products: dict[int, int] = {}
+        self._throttle_products: dict[int, tuple[int, str | None]] = {}
 
     # -- knobs ------------------------------------------------------------------------
 
@@ -126,6 +130,22 @@ class Server(ContractServer):
         """Wait ``seconds`` before handling each delivery (0: back to normal)."""
         with self.lock:
             self._slow = seconds
+
+    def refuse_products(self, product_ids: Iterable[int] = (), status: int = 422) -> None:
+        """Until called again (``refuse_products()`` lifts it), a valid, signed event of one
+        of ``product_ids`` is refused for good with ``status`` (the ERP seed's validation
+        error body) and not applied."""
+        with self.lock:
+            self._refuse_products = dict.fromkeys(product_ids, status)
+
+    def throttle_products(
+        self, product_ids: Iterable[int] = (), status: int = 429, retry_after: str | None = None
+    ) -> None:
+        """Until called again (``throttle_products()`` lifts it), a valid, signed event of
+        one of ``product_ids`` is answered ``status`` (``Retry-After``: ``retry_after``) and
+        not applied; the other products' events are accepted."""
+        with self.lock:
+            self._throttle_products = dict.fromkeys(product_ids, (status, retry_after))
 
     @route("POST", "/_contract/fail-next")
     def _knob_fail(self, req: Request) -> Response:
@@ -182,6 +202,18 @@ class Server(ContractServer):
             return self._refuse(400, str(checked.body), checked.body)
         data = event["data"]
         pid, version = int(data["product_id"]), int(data["version"])
+        with self.lock:
+            throttled = self._throttle_products.get(pid)
+            refused = self._refuse_products.get(pid)
+        if throttled is not None:
+            status, wait = throttled
+            with self.lock:
+                self.refused.append({"status": status, "reason": "throttle_products"})
+            headers = {} if wait is None else {"Retry-After": wait}
+            return Response(status, {"error": f"throttled on purpose ({status})"}, headers)
+        if refused is not None:
+            body = _invalid("data.product", f"product {pid} refused on purpose").body
+            return self._refuse(refused, "refuse_products", body)
         with self.lock:
             if event["id"] in self.seen_ids:
                 self.duplicates.append(event["id"])
