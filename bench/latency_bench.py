@@ -46,7 +46,8 @@ from elasticsearch import Elasticsearch, NotFoundError
 from psycopg import sql
 from reader_bench import _cpu_s, _tree_cpu_s, _vm_hwm_kb, _with_db
 
-from consumers.runtime import ConsumerRuntime, Record, RuntimeSettings
+from consumers.contract import Record
+from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from consumers.search.sink import SearchSink, delete_index
 from pipeline.demo.catalog import load_schema
 from pipeline.demo.seed import seed_catalog

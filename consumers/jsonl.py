@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from consumers.contract import Record, Rejected
 from consumers.registry import SinkContext
-from consumers.runtime import Record, Rejected
 from pipeline.documents.model import to_json
 
 log = logging.getLogger(__name__)

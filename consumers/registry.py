@@ -2,7 +2,7 @@
 
 Each entry point names a *factory*: ``name = "package.module:factory"``, called as
 ``factory(context)`` with a :class:`SinkContext` and returning a
-:class:`~consumers.runtime.Sink`.  A separate package adds a consumer by declaring
+:class:`~consumers.contract.Sink`.  A separate package adds a consumer by declaring
 one in its own ``pyproject.toml``; ``catalog-cdc consume --list`` shows them all.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 
-from consumers.runtime import Sink
+from consumers.contract import Sink
 from pipeline.errors import ConfigurationError
 from pipeline.settings import ConnectionSettings
 
@@ -30,6 +31,9 @@ class SinkContext:
     replay: bool = False
     """Built for ``catalog-cdc replay``: re-send what the sink's own bookkeeping (last
     versions, content hashes) would skip — a replay rebuilds the target."""
+    replay_state: Path | None = None
+    """A replay's state file: a sink built for it may keep files of its own beside it
+    (``.with_suffix(...)``), e.g. a write index that must start empty."""
 
 
 SinkFactory = Callable[[SinkContext], Sink]

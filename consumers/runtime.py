@@ -1,29 +1,24 @@
-"""The consumer runtime every sink shares: poll, batch, write, retry, dead-letter, commit.
+"""The live consumer: a sink in its consumer group, batch by batch, offsets after the sink.
 
-A sink is a small protocol (:class:`Sink`): ``add`` a batch of document records
-(documents and deletes), ``flush`` them durably.  :class:`ConsumerRuntime` does the
-rest, the same way for every consumer:
+:class:`ConsumerRuntime` runs one :class:`~consumers.contract.Sink` (the contract and
+what a flush may answer are in :mod:`consumers.contract`):
 
-1. reads the document topics the sink asks for (``{prefix}.doc.products``,
-   ``{prefix}.doc.categories``) in the consumer group ``{prefix}-{name}``;
-2. decodes each message into a :class:`~pipeline.documents.wire.DocumentMessage`; a
-   message that cannot be decoded is a *poison* record;
-3. hands the batch to the sink and flushes it.  A
-   :class:`TransientSinkError` (timeouts, 429, 5xx, connection errors) retries the
-   flush with capped exponential backoff (honouring ``retry_after``) for as long as it
-   takes: nothing is ever skipped.  Records the sink rejects for good (a mapping error,
-   a field rule) come back as :class:`Rejected` and go, with the reason and the
-   original message, to ``{prefix}.dlq.{name}``;
-4. commits the batch's offsets only after the flush succeeded and the dead letters
+1. subscribes, in the consumer group ``{prefix}-{name}``, to the document topics the
+   sink asks for (and the raw change topics of a
+   :class:`~consumers.capabilities.RawInput` sink);
+2. hands every polled batch to the :class:`~consumers.driver.SinkDriver` (the same code
+   replay uses): decode (poison to the dead-letter topic), add, flush, retry with
+   capped exponential backoff for as long as the target is down, dead-letter the
+   refusals — those of a flush that then asks for a retry included;
+3. commits the batch's offsets only after the flush succeeded and the dead letters
    were acknowledged by Kafka.
 
-A sink may also read *raw* change topics (``{prefix}.public.{table}``, the reader's
-Debezium-style events) for tables that are not part of any document (``stores``,
-``cms_pages``...): it names them in an optional ``raw_tables`` attribute and takes them
-in ``add_raw(records)`` (:class:`RawRecord`, a decoded
-:class:`~pipeline.events.ChangeEvent` with its table and position).  They follow the same
-rules: handed over before ``flush``, committed only after it, a raw message that cannot
-be decoded is poison, a :class:`Rejected` raw record goes to the dead-letter topic.
+While the target is down the runtime does not sit in a sleep: its partitions are
+paused and it keeps polling, so the group sees a live member through an outage of any
+length (librdkafka leaves the group of a member that does not poll within
+``max.poll.interval.ms``, five minutes by default).  A message a rebalance hands it
+meanwhile is sought back and paused, never dropped; fetching resumes once the batch is
+written.
 
 Guarantee: at-least-once.  A crash before the commit redelivers the batch; sinks
 write idempotently (external versions, upserts by id), so a redelivery changes
@@ -32,132 +27,30 @@ nothing that is already right.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from confluent_kafka import (
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from prometheus_client import start_http_server
 
-from pipeline.codec import EventCodec, make_codec
-from pipeline.documents.reading import document_codec
-from pipeline.documents.wire import DocumentCodec, DocumentMessage, doc_key, headers_of
-from pipeline.errors import CatalogCdcError
-from pipeline.events import ChangeEvent
-from pipeline.kafka import (
-    FetchHold,
-    TopicSpec,
-    consumer_config,
-    ensure_topics,
-    is_fatal,
-    pause_while_idle,
-    producer_config,
-)
+from consumers.contract import Record, Sink, SinkError
+from consumers.driver import Backoff, SinkDriver
+from consumers.metrics import RuntimeMetrics
+from pipeline.kafka import FetchHold, consumer_config, is_fatal, pause_while_idle
 from pipeline.settings import metrics_address
-from pipeline.topics import doc_topic
+from pipeline.topics import dlq_topic
 
 log = logging.getLogger(__name__)
 
 MAX_FAILED_COMMITS = 20
 """Commits in a row the group may refuse before the consumer stops (to be restarted)."""
 
-__all__ = [
-    "ConsumerRuntime",
-    "RawRecord",
-    "Record",
-    "Rejected",
-    "RuntimeSettings",
-    "Sink",
-    "SinkError",
-    "TransientSinkError",
-]
-
-Record = DocumentMessage
-"""One document-topic message: ``kind``, ``id``, ``doc`` (``None``: a delete),
-``version``, ``source_ts_ms``, ``partition``, ``offset``."""
-
-
-class SinkError(CatalogCdcError):
-    """A sink cannot go on."""
-
-
-class TransientSinkError(SinkError):
-    """The target is unavailable for now (timeout, 429, 5xx, connection refused).
-
-    The runtime retries the flush; ``retry_after`` (seconds) is honoured when given.
-    """
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    """One raw change-topic message (``{prefix}.public.{table}``) for a sink with
-    ``raw_tables``: ``kind`` is the table name, ``id`` the primary key as text (one
-    column: its value; several: ``col=value,...``)."""
-
-    kind: str
-    id: str
-    event: ChangeEvent
-    partition: int
-    offset: int
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A record the target refused for good, and why (it goes to the dead-letter topic)."""
-
-    record: Record | RawRecord
-    reason: str
-
-
-class Sink(Protocol):
-    """What a consumer implements.  ``name`` names its group and dead-letter topic."""
-
-    name: str
-    kinds: Sequence[str]
-    """Which document topics to read: ``"product"`` and/or ``"category"``."""
-
-    def open(self) -> None:
-        """Connect; raise :class:`TransientSinkError` while the target is unreachable."""
-        ...
-
-    def add(self, records: Sequence[Record]) -> None:
-        """Take a batch (per partition in offset order; per key in version order)."""
-        ...
-
-    def flush(self) -> list[Rejected]:
-        """Write everything added durably and return the records refused for good.
-
-        Raise :class:`TransientSinkError` to be called again later (keep the records).
-        """
-        ...
-
-    def close(self) -> None: ...
-
-    # Optional: ``raw_tables: Sequence[str]`` (tables whose raw change topics to read
-    # too) with ``add_raw(records: Sequence[RawRecord]) -> None``: see the module
-    # docstring.  ``flush`` then also covers the raw records added.
-    #
-    # Optional: ``dead_letters() -> list[Rejected]``.  A sink that delivers after its
-    # batch was committed (an outbox, e.g. consumers/webhooks) returns there the records
-    # it gave up on since the last call; the runtime polls it every loop, puts them on
-    # the dead-letter topic and calls again only after Kafka acknowledged them (so the
-    # sink may treat the next call as the acknowledgement of the previous one).
+__all__ = ["ConsumerRuntime", "RuntimeMetrics", "RuntimeSettings"]
 
 
 @dataclass(frozen=True)
@@ -184,6 +77,8 @@ class RuntimeSettings:
     idle_check: float = 5.0
     """Seconds between the idle consumer's checks of where it stands (its lag gauge, and
     the stall watch below), also once it has caught up."""
+    consumer_overrides: dict[str, Any] = field(default_factory=dict)
+    """librdkafka settings for the group consumer (e.g. ``max.poll.interval.ms``)."""
     stall_timeout: float = 60.0
     """Seconds a consumer may stand still while Kafka holds more for it before it leaves
     the group and joins again with a new Kafka client (``event=consumer_stalled``); a
@@ -208,65 +103,9 @@ class _StallWatch:
         self.since, self.rejoined = None, False
 
 
-@dataclass
-class _Poison:
-    message: Message
-    reason: str
-
-
-@dataclass
-class RuntimeMetrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
-        r = self.registry
-        self.records = Counter(
-            "catalog_cdc_consumer_records", "Records written", ["consumer", "type"], registry=r
-        )
-        self.retries = Counter(
-            "catalog_cdc_consumer_retries", "Flushes retried", ["consumer"], registry=r
-        )
-        self.dead_letters = Counter(
-            "catalog_cdc_consumer_dead_letters", "Records dead-lettered", ["consumer"], registry=r
-        )
-        self.batch_seconds = Histogram(
-            "catalog_cdc_consumer_batch_seconds", "Seconds per batch", ["consumer"], registry=r
-        )
-        self.latency = Histogram(
-            "catalog_cdc_consumer_commit_to_ack_seconds",
-            "From the source commit (PostgreSQL) to the sink's acknowledgement, per record",
-            ["consumer"],
-            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300),
-            registry=r,
-        )
-        self.lag = Gauge(
-            "catalog_cdc_consumer_lag_messages",
-            "Messages behind the end of a partition (refreshed after a batch, at most once a "
-            "second, and when idle)",
-            ["consumer", "topic", "partition"],
-            registry=r,
-        )
-
-
-def raw_record(codec: EventCodec, msg: Message, table: str) -> RawRecord | None:
-    """Decode one raw change message of ``table`` (``None`` for a tombstone: the delete
-    event before it did the work).  Raises :class:`CatalogCdcError` when undecodable."""
-    if msg.value() is None:
-        return None
-    event = codec.decode(msg.key() or None, msg.value())
-    if event is None:
-        return None
-    key = event.key or {}
-    ident = (
-        str(next(iter(key.values())))
-        if len(key) == 1
-        else ",".join(f"{k}={v}" for k, v in key.items())
-    )
-    return RawRecord(table, ident, event, msg.partition() or 0, msg.offset() or 0)
-
-
 class ConsumerRuntime:
-    """Runs one :class:`Sink` until ``stop`` is set (see the module docstring)."""
+    """Runs one :class:`~consumers.contract.Sink` until ``stop`` is set (see the module
+    docstring)."""
 
     def __init__(
         self,
@@ -281,7 +120,8 @@ class ConsumerRuntime:
     ) -> None:
         """``on_batch(records, acked_at)``: called after every committed batch with the
         records the sink confirmed and the wall-clock time (``time.time()``) of the
-        confirmation (benchmarks, dashboards)."""
+        confirmation (benchmarks, dashboards).  ``sleep``: waits between retries instead
+        of polling paused (tests of the backoff)."""
         self.sink = sink
         self.bootstrap = bootstrap
         self.prefix = topic_prefix
@@ -298,9 +138,9 @@ class ConsumerRuntime:
         self.caught_up = threading.Event()
         self._sleep = sleep
         self._on_batch = on_batch
-        self._delivery_errors: list[str] = []
-        self._raw_topics: dict[str, str] = {}
-        """Raw change topics the sink reads (``raw_tables``) -> their table."""
+        self._target_down = False
+        """Retrying a flush: partitions paused, polled only to stay in the group."""
+        self._subscribed = False
 
     @property
     def group(self) -> str:
@@ -308,32 +148,27 @@ class ConsumerRuntime:
 
     @property
     def dlq_topic(self) -> str:
-        return f"{self.prefix}.dlq.{self.sink.name}"
+        return dlq_topic(self.prefix, self.sink.name)
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
-        self._retrying("connect to the sink's target", self.sink.open)
-        if stop.is_set():
+        self.driver = SinkDriver(
+            self.sink,
+            bootstrap=self.bootstrap,
+            topic_prefix=self.prefix,
+            wait=self._wait,
+            schema_registry_url=self.registry_url,
+            backoff=Backoff(self.settings.backoff_initial, self.settings.backoff_max),
+            metrics=self.metrics,
+            stats=self.stats,
+        )
+        if not self.driver.open() or stop.is_set():
             return
-        topics = [doc_topic(self.prefix, k) for k in self.sink.kinds]
-        raw_tables: Sequence[str] = getattr(self.sink, "raw_tables", ())
-        self._raw_topics = {self._raw_topic(t): t for t in raw_tables}
-        topics += list(self._raw_topics)
-        ensure_topics(self.bootstrap, [TopicSpec(self.dlq_topic, 1)])
-        self.codec: DocumentCodec = document_codec(self.bootstrap, self.prefix, self.registry_url)
-        if self._raw_topics:
-            self.raw_codec: EventCodec = make_codec(
-                topic_prefix=self.prefix,
-                schema_registry_url=self.registry_url,
-                kafka_bootstrap=self.bootstrap,
-            )
-        self.producer = Producer(producer_config(self.bootstrap))
-        group_config: dict[str, Any] = {}
+        topics = self.driver.topics
+        group_config: dict[str, Any] = dict(self.settings.consumer_overrides)
         if self.settings.instance_id:
-            group_config = {
-                "group.instance.id": self.settings.instance_id,
-                "session.timeout.ms": 10000,
-            }
+            group_config.setdefault("group.instance.id", self.settings.instance_id)
+            group_config.setdefault("session.timeout.ms", 10000)
         self._consumer_config = consumer_config(self.bootstrap, self.group, **group_config)
         self.consumer = Consumer(self._consumer_config)
         if self.settings.metrics_port is not None:
@@ -344,14 +179,14 @@ class ConsumerRuntime:
         if stop.is_set():
             return
         self._topics = topics
-        self.consumer.subscribe(topics)
+        self._subscribe()
         log.info("event=consumer_started consumer=%s group=%s topics=%s", self.sink.name,
                  self.group, ",".join(topics))  # fmt: skip
         try:
             self._loop(stop)
         finally:
             self.consumer.close()
-            self.producer.flush(30)
+            self.driver.close()
             self.sink.close()
             log.info(
                 "event=consumer_stopped consumer=%s %s",
@@ -359,8 +194,15 @@ class ConsumerRuntime:
                 " ".join(f"{k}={v}" for k, v in self.stats.items()),
             )
 
-    def _raw_topic(self, table: str) -> str:
-        return f"{self.prefix}.public.{table}"
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(self._topics, on_assign=self._assigned)
+        self._subscribed = True
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """A rebalance while the target is down: take the partitions, but paused."""
+        consumer.assign(partitions)
+        if self._target_down and partitions:
+            consumer.pause(partitions)
 
     def _wait_for_topics(self, topics: list[str], stop: threading.Event) -> None:
         """Until the document (and raw) topics exist (the assembler and reader create
@@ -403,195 +245,83 @@ class ConsumerRuntime:
             if self.settings.fetch_wait > 0 and len(msgs) < self.settings.batch_size:
                 hold = FetchHold([self.consumer])
             self._batch(msgs)
+            if self._target_down:
+                self._target_down = False
+                with contextlib.suppress(KafkaException):  # what a rebalance took is gone
+                    self.consumer.resume(self.consumer.assignment())
             if hold is not None:
-                hold.release(self.settings.fetch_wait, stop.wait)
+                with contextlib.suppress(KafkaException):
+                    hold.release(self.settings.fetch_wait, stop.wait)
             self._busy_lag()
+
+    def _late_dead_letters(self) -> None:
+        """At the top of every turn: what an outbox sink gave up on since the last."""
+        self.driver.late_dead_letters()
+
+    def _wait(self, seconds: float) -> bool:
+        """Wait before a retry; ``True``: stopping.  The partitions are paused and the
+        consumer polls meanwhile, so it stays in its group however long the target is
+        down; a message polled all the same (a partition a rebalance just gave it) is
+        sought back to and paused."""
+        if self._sleep is not None:
+            self._sleep(seconds)
+            return self._stop.is_set()
+        if not self._subscribed:  # opening the sink: no group to stay in yet
+            return self._stop.wait(seconds)
+        if not self._target_down:
+            self._target_down = True
+            with contextlib.suppress(KafkaException):
+                self.consumer.pause(self.consumer.assignment())
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            msg = self.consumer.poll(min(left, 0.2))
+            if msg is not None and msg.error() is None:
+                tp = TopicPartition(msg.topic() or "", msg.partition() or 0)
+                self.consumer.pause([tp])
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, msg.offset() or 0))
+        return True
 
     def _batch(self, msgs: list[Message]) -> None:
         started = time.perf_counter()
-        records: list[Record] = []
-        raw_records: list[RawRecord] = []
-        poison: list[_Poison] = []
-        positions: dict[tuple[str, int], int] = {}
+        good: list[Message] = []
         for msg in msgs:
             err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if is_fatal(err):
-                    where = f"{msg.topic()}[{msg.partition()}]" if msg.topic() else "the consumer"
-                    raise SinkError(f"reading {where}: {err}; stopping, to be restarted")
-                log.warning("event=consumer_error consumer=%s error=%s", self.sink.name, err)
+            if err is None:
+                good.append(msg)
                 continue
-            topic, part = msg.topic() or "", msg.partition() or 0
-            positions[(topic, part)] = (msg.offset() or 0) + 1
-            if topic in self._raw_topics:
-                self._decode_raw(msg, self._raw_topics[topic], raw_records, poison)
+            if err.code() == KafkaError._PARTITION_EOF:
                 continue
-            kind = "product" if topic.endswith(".doc.products") else "category"
-            try:
-                records.append(
-                    self.codec.decode_message(
-                        kind, msg.key(), msg.value(), msg.headers(), part, msg.offset() or 0
-                    )
-                )
-            except CatalogCdcError as exc:
-                poison.append(_Poison(msg, f"cannot decode: {exc}"))
-        rejected: list[Rejected] = []
-        if raw_records:
-            add_raw: Callable[[Sequence[RawRecord]], None] = getattr(self.sink, "add_raw")  # noqa: B009
-            add_raw(raw_records)
-        if records or raw_records:
-            if records:
-                self.sink.add(records)
-            flushed: list[Rejected] | None = self._retrying("flush a batch", self.sink.flush)
-            if flushed is None:
-                return  # stopping while the target is down: nothing is committed
-            rejected = flushed
-        by_key = {(r.kind, r.id, r.partition, r.offset): r for r in records}
-        raw = {(m.topic(), m.partition(), m.offset()): m for m in msgs if m.error() is None}
-        for rej in rejected:
-            r = rej.record
-            if isinstance(r, RawRecord):
-                original = raw.get((self._raw_topic(r.kind), r.partition, r.offset))
-                self._dead_letter(original, rej.reason, None)
-                continue
-            original = raw.get((doc_topic(self.prefix, r.kind), r.partition, r.offset))
-            self._dead_letter(original, rej.reason, r)
-            by_key.pop((r.kind, r.id, r.partition, r.offset), None)
-        for p in poison:
-            self._dead_letter(p.message, p.reason, None)
-        self._flush_producer()
-        commits = [TopicPartition(t, p, n) for (t, p), n in positions.items()]
+            if is_fatal(err):
+                where = f"{msg.topic()}[{msg.partition()}]" if msg.topic() else "the consumer"
+                raise SinkError(f"reading {where}: {err}; stopping, to be restarted")
+            log.warning("event=consumer_error consumer=%s error=%s", self.sink.name, err)
+        batch = self.driver.decode(good)
+        written = self.driver.write(batch)
+        if written is None:
+            return  # stopping while the target is down: nothing is committed
+        commits = [TopicPartition(t, p, n) for (t, p), n in batch.positions.items()]
         if commits:
             self._commit(commits)
         m, name = self.metrics, self.sink.name
-        deletes = sum(1 for r in by_key.values() if r.doc is None)
-        m.records.labels(name, "document").inc(len(by_key) - deletes)
+        confirmed = written.confirmed
+        deletes = sum(1 for r in confirmed if r.doc is None)
+        m.records.labels(name, "document").inc(len(confirmed) - deletes)
         m.records.labels(name, "delete").inc(deletes)
-        m.dead_letters.labels(name).inc(len(rejected) + len(poison))
         m.batch_seconds.labels(name).observe(time.perf_counter() - started)
         acked_at = time.time()
         latency = m.latency.labels(name)
-        for r in by_key.values():
+        for r in confirmed:
             if r.source_ts_ms > 0:
                 latency.observe(max(0.0, acked_at - r.source_ts_ms / 1000))
         if self._on_batch is not None:
-            self._on_batch(list(by_key.values()), acked_at)
+            self._on_batch(confirmed, acked_at)
         self.stats["batches"] += 1
-        self.stats["records"] += len(by_key)
-        if raw_records:
-            self.stats["raw_records"] = self.stats.get("raw_records", 0) + len(raw_records)
-        self.stats["dead_letters"] += len(rejected) + len(poison)
-
-    def _decode_raw(
-        self, msg: Message, table: str, out: list[RawRecord], poison: list[_Poison]
-    ) -> None:
-        """A raw change message as a :class:`RawRecord` (a tombstone is skipped: the
-        delete event before it did the work; undecodable: poison)."""
-        try:
-            record = raw_record(self.raw_codec, msg, table)
-        except CatalogCdcError as exc:
-            poison.append(_Poison(msg, f"cannot decode: {exc}"))
-            return
-        if record is not None:
-            out.append(record)
-
-    def _late_dead_letters(self) -> None:
-        """Dead letters the sink found after their batch was committed (optional hook)."""
-        drain: Callable[[], list[Rejected]] | None = getattr(self.sink, "dead_letters", None)
-        if drain is None:
-            return
-        late = drain()
-        if not late:
-            return
-        for rej in late:
-            self._dead_letter(
-                None, rej.reason, None if isinstance(rej.record, RawRecord) else rej.record
-            )
-        self._flush_producer()
-        self.metrics.dead_letters.labels(self.sink.name).inc(len(late))
-        self.stats["dead_letters"] += len(late)
-
-    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
-        """``call()`` until it does not raise :class:`TransientSinkError` (or stop)."""
-        delay = self.settings.backoff_initial
-        attempt = 0
-        while True:
-            try:
-                return call()
-            except TransientSinkError as exc:
-                attempt += 1
-                self.stats["retries"] += 1
-                self.metrics.retries.labels(self.sink.name).inc()
-                wait = exc.retry_after if exc.retry_after is not None else delay
-                wait = min(self.settings.backoff_max, wait) * random.uniform(0.8, 1.2)
-                log.warning(
-                    "event=sink_unavailable consumer=%s action=%r attempt=%d retry_in=%.1fs "
-                    "error=%s",
-                    self.sink.name,
-                    what,
-                    attempt,
-                    wait,
-                    exc,
-                )
-                delay = min(self.settings.backoff_max, delay * 2)
-                if self._sleep is not None:
-                    self._sleep(wait)
-                elif self._stop.wait(wait):
-                    return None
-
-    def _dead_letter(self, msg: Message | None, reason: str, record: Record | None) -> None:
-        log.error(
-            "event=dead_letter consumer=%s topic=%s partition=%s offset=%s reason=%s",
-            self.sink.name,
-            None if msg is None else msg.topic(),
-            None if msg is None else msg.partition(),
-            None if msg is None else msg.offset(),
-            reason,
-        )
-        headers: list[tuple[str, str | bytes | None]] = [
-            ("error", reason.encode()),
-            ("consumer", self.sink.name.encode()),
-        ]
-        if msg is not None:
-            headers += [
-                ("original.topic", (msg.topic() or "").encode()),
-                ("original.partition", str(msg.partition()).encode()),
-                ("original.offset", str(msg.offset()).encode()),
-            ]
-            original = msg.headers() or []
-            headers += list(original.items() if isinstance(original, dict) else original)
-        key = None if msg is None else msg.key()
-        value = None if msg is None else msg.value()
-        if msg is None and record is not None:  # a late dead letter: rebuild the message
-            key = doc_key(record.id)
-            headers += [
-                ("original.topic", doc_topic(self.prefix, record.kind).encode()),
-                ("original.partition", str(record.partition).encode()),
-                ("original.offset", str(record.offset).encode()),
-                *headers_of(record.kind, record.version, record.source_ts_ms),
-            ]
-            if record.doc is not None:
-                value = self.codec.encode(record.doc)
-        if value is None and record is not None:
-            value = json.dumps({"kind": record.kind, "id": record.id, "delete": True}).encode()
-        self.producer.produce(
-            self.dlq_topic, key=key, value=value, headers=headers, on_delivery=self._delivered
-        )
-
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._delivery_errors.append(str(err))
-
-    def _flush_producer(self) -> None:
-        while self.producer.flush(5.0) > 0:
-            log.warning("event=dlq_flush_waiting consumer=%s", self.sink.name)
-        if self._delivery_errors:
-            raise SinkError(
-                f"Kafka refused dead letters ({self._delivery_errors[0]}); "
-                "the batch is not committed"
-            )
+        self.stats["records"] += len(confirmed)
+        if written.raws:
+            self.stats["raw_records"] = self.stats.get("raw_records", 0) + written.raws
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
         """Commit what was flushed.  A commit the group refuses (a rebalance under way, a
@@ -735,7 +465,7 @@ class ConsumerRuntime:
         )  # fmt: skip
         self.consumer.close()
         self.consumer = Consumer(self._consumer_config)
-        self.consumer.subscribe(self._topics)
+        self._subscribe()
         self._stall = _StallWatch(rejoined=not spare)
 
     def _at_end(self) -> bool:

@@ -20,7 +20,7 @@ Guarantee: at-least-once and idempotent.  A batch is applied to the sink's state
 memory), the resulting writes and deletes are sent to the backend, and only when the
 backend confirmed them is the state saved and the flush returned (then the runtime
 commits the offsets).  A transient failure undoes the in-memory changes and raises
-:class:`~consumers.runtime.TransientSinkError`: the retry recomputes the same changes.
+:class:`~consumers.contract.TransientSinkError`: the retry recomputes the same changes.
 A redelivered batch finds every version already applied and writes nothing (``pulse``
 stays).  A record the layout cannot hold (a key over 512 bytes, a value over 25 MiB, a
 ``stores`` / ``cms_pages`` row with a missing field) is dead-lettered with a reason
@@ -33,8 +33,10 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from consumers.capabilities import ReplayPlan, ReplayRequest, UpsertPlan
+from consumers.contract import RawRecord, Record, Rejected, Sink, TransientSinkError
 from consumers.edge_kv.backends import DEFAULT_PATH, KvBackend, make_backend
 from consumers.edge_kv.layout import (
     KEY_MAX_BYTES,
@@ -52,10 +54,12 @@ from consumers.edge_kv.layout import (
 )
 from consumers.edge_kv.state import Entity, SinkState, entity
 from consumers.registry import SinkContext
-from consumers.runtime import RawRecord, Record, Rejected
 from pipeline.documents.model import ProductDocument
 from pipeline.errors import ConfigurationError
 from pipeline.events import UNCHANGED_TOAST, ChangeEvent
+
+if TYPE_CHECKING:
+    from pipeline.verify.base import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +169,24 @@ class EdgeKvSink:
             page_size = int(options.get("page_size") or 100)
         except ValueError as exc:
             raise ConfigurationError(f"--option page_size: {exc}") from exc
-        return cls(backend, Path(options.get("state") or default_state), page_size)
+        state = Path(options.get("state") or default_state)
+        if context.replay and context.replay_state is not None and not options.get("state"):
+            # A write index of its own: every key is written again (and pulse moves at
+            # the end), whatever the live consumer's index says.  Removed by the plan.
+            state = context.replay_state.with_suffix(".kv-index")
+        return cls(backend, state, page_size)
+
+    # -- capabilities (consumers.capabilities) ------------------------------------------
+
+    def replay_plan(self, request: ReplayRequest) -> ReplayPlan:
+        """Every key written again through a write index of the replay's own; that
+        index is deleted once the replay is done (an interrupted one keeps it)."""
+        return _ReplayIndexCleanup(self.state_path, request.state_path)
+
+    def verifier(self, context: SinkContext, dsn: str) -> Verifier:
+        from consumers.edge_kv.verify import EdgeKvVerifier
+
+        return EdgeKvVerifier(context, dsn)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -269,12 +290,19 @@ class EdgeKvSink:
         try:
             if writes or p.deletes:
                 self.backend.apply(writes, p.deletes)
-        except BaseException:
+        except BaseException as exc:
             for kind, ident, old in reversed(undo):
                 if kind == "product":
                     catalog.restore_product(ident, old)
                 else:
                     catalog.put(kind, ident, old)
+            if isinstance(exc, TransientSinkError) and rejected:
+                # The refused travel in the error (dead-lettered before the retry); the
+                # retry recomputes the rest from what stays pending.
+                exc.rejected += rejected
+                gone = {id(rej.record) for rej in rejected}
+                self._pending = [r for r in self._pending if id(r) not in gone]
+                self._pending_raw = [r for r in self._pending_raw if id(r) not in gone]
             raise
         self._state.save(changed.values(), p, pulse)
         self._confirmed(p, changed, pulse)
@@ -318,3 +346,15 @@ def _product_problem(doc: ProductDocument) -> str | None:
     if value > VALUE_MAX_BYTES:
         return f"product {doc.id}: the document is {value} bytes, over the 25 MiB value limit"
     return None
+
+
+class _ReplayIndexCleanup(UpsertPlan):
+    def __init__(self, index: Path, replay_state: Path) -> None:
+        self.index = index
+        self.owned = index == replay_state.with_suffix(".kv-index")
+
+    def finish(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
+        if self.owned:  # still open in the sink: unlinked, it goes once closed
+            for path in (self.index, *self.index.parent.glob(self.index.name + "-*")):
+                path.unlink(missing_ok=True)
+        return saved

@@ -34,6 +34,7 @@ from typing import Any
 
 import psycopg
 
+from consumers.contract import TransientSinkError
 from consumers.edge_kv.layout import (
     PULSE,
     Catalog,
@@ -47,7 +48,6 @@ from consumers.edge_kv.layout import (
 from consumers.edge_kv.sink import EdgeKvSink
 from consumers.edge_kv.state import SinkState
 from consumers.registry import SinkContext, load
-from consumers.runtime import TransientSinkError
 from pipeline.documents.model import CategoryDocument, ProductDocument
 from pipeline.documents.reference import comparable, expected_documents
 from pipeline.documents.wire import DocumentMessage

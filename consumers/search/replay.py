@@ -18,10 +18,10 @@ from typing import Any
 
 from elasticsearch import Elasticsearch, NotFoundError
 
-from consumers.runtime import Sink
+from consumers.contract import Sink
 from consumers.search import mapping
 from consumers.search.sink import SearchSink
-from pipeline.replay.driver import ReplayError
+from pipeline.errors import CatalogCdcError
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,6 @@ class SearchReplayPlan:
         self.alias = mapping.alias(prefix)
         self.grace = grace
         self.stop = stop
-
-    @classmethod
-    def for_sink(cls, sink: Sink, *, grace: float, stop: threading.Event) -> SearchReplayPlan:
-        search = _search_sink(sink)
-        return cls(search.es, search.prefix, grace, stop)
 
     def _generations(self) -> dict[int, str]:
         pattern = re.compile(rf"^{re.escape(self.prefix)}-products-(\d+)$")
@@ -93,5 +88,5 @@ class SearchReplayPlan:
 def _search_sink(sink: Sink) -> SearchSink:
     found: object = sink
     if not isinstance(found, SearchSink):
-        raise ReplayError(f"the search replay needs the search sink, not {type(found)!r}")
+        raise CatalogCdcError(f"the search replay needs the search sink, not {type(found)!r}")
     return found

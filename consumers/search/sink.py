@@ -14,10 +14,12 @@ Guarantees (with :mod:`consumers.runtime`: at-least-once delivery, commit after 
   so building the bodies does not add to the time Elasticsearch takes.
 * **Retries never skip.** Bulk requests are cut by count and by bytes; connection
   errors, timeouts, 429 and 5xx (of the request or of single items) raise
-  :class:`~consumers.runtime.TransientSinkError`, keeping exactly the items still to
+  :class:`~consumers.contract.TransientSinkError`, keeping exactly the items still to
   write; the runtime retries with capped exponential backoff.
 * **Poison goes to the DLQ.** An item Elasticsearch refuses for good (a mapping
-  error, 400) is returned as :class:`~consumers.runtime.Rejected` with its reason.
+  error, 400) is returned as :class:`~consumers.contract.Rejected` with its reason —
+  also when the same bulk answer asks for other items to be retried (the refusals
+  then travel in the :class:`~consumers.contract.TransientSinkError`).
 """
 
 from __future__ import annotations
@@ -29,15 +31,27 @@ import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
+from elasticsearch import (
+    ApiError,
+    ConnectionError,
+    ConnectionTimeout,
+    Elasticsearch,
+    NotFoundError,
+    TransportError,
+)
 
+from consumers.capabilities import ReplayPlan, ReplayRequest
+from consumers.contract import FlushOutcome, Record, Rejected, SinkError, TransientSinkError
 from consumers.registry import SinkContext
-from consumers.runtime import Record, Rejected, SinkError, TransientSinkError
 from consumers.search import mapping
+from consumers.toolkit.batching import chunks
 from pipeline.documents.model import ProductDocument
 from pipeline.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from pipeline.verify.base import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +69,7 @@ class _Op:
 
 
 class SearchSink:
-    """Implements :class:`~consumers.runtime.Sink` for Elasticsearch."""
+    """Implements :class:`~consumers.contract.Sink` for Elasticsearch."""
 
     name = "search"
     kinds = ("product",)
@@ -103,6 +117,36 @@ class SearchSink:
                 raise TransientSinkError(f"Elasticsearch answered {exc.meta.status}") from exc
             raise _refused(exc) from exc
 
+    # -- capabilities (consumers.capabilities) ------------------------------------------
+
+    def replay_plan(self, request: ReplayRequest) -> ReplayPlan:
+        """A new index generation built beside the live one and swapped in by alias."""
+        from consumers.search.replay import SearchReplayPlan
+
+        return SearchReplayPlan(self.es, self.prefix, request.grace, request.stop)
+
+    def verifier(self, context: SinkContext, dsn: str) -> Verifier:
+        from consumers.search.verify import SearchVerifier
+
+        return SearchVerifier(context, dsn)
+
+    def target_available(self) -> bool:
+        try:
+            self.es.info()
+        except (ApiError, TransportError) as exc:
+            log.warning("event=search_unavailable error=%s", exc)
+            return False
+        return True
+
+    def target_count(self) -> int | None:
+        try:
+            return int(self.es.count(index=self.alias)["count"])
+        except NotFoundError:
+            return 0  # no index yet: nothing written
+        except (ApiError, TransportError) as exc:
+            log.warning("event=search_count_failed error=%s", exc)
+            return None
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
@@ -119,22 +163,24 @@ class SearchSink:
         """Write what was added: chunk by chunk, each chunk serialized while the one
         before it is in flight (the request is sent by a helper thread and waited for
         here, one at a time, in order), so building the bodies does not add to the time
-        Elasticsearch takes.  Returns when every item is confirmed or rejected."""
-        rejected: list[Rejected] = []
+        Elasticsearch takes.  Returns when every item is confirmed or refused; raises
+        :class:`~consumers.contract.TransientSinkError` (carrying the refusals of this
+        attempt) when some items must be written again, keeping exactly those."""
+        outcome = FlushOutcome()
         retry: dict[int, _Op] = {}
         in_flight: tuple[Future[Any], list[_Op]] | None = None
         sender = self._sender()
         for chunk in self._chunks():
             request = sender.submit(self._send, _payload(chunk, self.target_index or self.alias))
             if in_flight is not None:
-                retry.update(self._settle(*in_flight, rejected))
+                retry.update(self._settle(*in_flight, outcome))
             in_flight = (request, chunk)
         if in_flight is not None:
-            retry.update(self._settle(*in_flight, rejected))
+            retry.update(self._settle(*in_flight, outcome))
         self._pending = {doc_id: op.record for doc_id, op in retry.items()}
         if retry:
-            raise TransientSinkError(f"{len(retry)} writes to retry (429/5xx/unavailable)")
-        return rejected
+            outcome.retry("429/5xx/unavailable", count=len(retry))
+        return outcome.result()
 
     def _sender(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -167,25 +213,15 @@ class SearchSink:
 
     def _chunks(self) -> Iterator[list[_Op]]:
         """Bulk requests cut by count and by (approximate) bytes, built as they are
-        asked for."""
-        current: list[_Op] = []
-        size = 0
-        for op in self._ops():
-            n = 120 + (len(op.source) if op.source is not None else 0)
-            if current and (len(current) >= MAX_ACTIONS or size + n > MAX_BYTES):
-                yield current
-                current, size = [], 0
-            current.append(op)
-            size += n
-        if current:
-            yield current
+        asked for (a document over :data:`MAX_BYTES` goes alone: Elasticsearch judges)."""
+        return chunks(self._ops(), max_items=MAX_ACTIONS, max_bytes=MAX_BYTES, size_of=_size)
 
     def _send(self, payload: bytes) -> Any:
         # The client sends a bytes body as it is (NDJSON, already serialized).
         return self.es.bulk(operations=payload, refresh=False)  # type: ignore[arg-type]
 
     def _settle(
-        self, request: Future[Any], ops: list[_Op], rejected: list[Rejected]
+        self, request: Future[Any], ops: list[_Op], outcome: FlushOutcome
     ) -> dict[int, _Op]:
         """The outcome of one bulk request; the ops to retry."""
         try:
@@ -217,10 +253,13 @@ class SearchSink:
                 retry[doc_id] = op
             else:
                 reason = json.dumps(result.get("error"), default=str)[:2000]
-                rejected.append(
-                    Rejected(op.record, f"Elasticsearch refused it ({status}): {reason}")
-                )
+                outcome.refuse(op.record, f"Elasticsearch refused it ({status}): {reason}")
         return retry
+
+
+def _size(op: _Op) -> int:
+    """Approximate bytes of one op in a bulk request (action line and source)."""
+    return 120 + (len(op.source) if op.source is not None else 0)
 
 
 def _payload(ops: list[_Op], index_name: str) -> bytes:

@@ -5,7 +5,7 @@ the seed is silent):
 
 * ``"ok"`` — done.
 * 429, 5xx, ``CLOSED;``, ``error_internal_error``, timeouts, connection errors —
-  :class:`~consumers.runtime.TransientSinkError` (``Retry-After`` honoured).
+  :class:`~consumers.contract.TransientSinkError` (``Retry-After`` honoured).
 * ``error_invalid_private_key`` / ``inactive_private_key`` — :class:`~consumers.runtime.SinkError`:
   the key is wrong or disabled (blocked after five malformed requests, or not paid).
 * 404/405 — :class:`~consumers.runtime.SinkError`: the ``url`` is not the Update API.
@@ -15,20 +15,19 @@ the seed is silent):
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import re
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from consumers.runtime import SinkError, TransientSinkError
+from consumers.contract import SinkError, TransientSinkError
 from consumers.search_service.rules import form_body
+from consumers.toolkit.headers import retry_after  # re-exported: the one Retry-After reader
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +43,6 @@ class Malformed(SinkError):
         super().__init__(message)
         self.status = status
         self.reply = reply
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class _RedactKey(logging.Filter):

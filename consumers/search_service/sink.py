@@ -10,7 +10,7 @@ Guarantees (with :mod:`consumers.runtime`: at-least-once, commit after flush):
 * **Nothing malformed is sent.** Five malformed requests within an hour block the key,
   so every item and category is checked locally against the seed's rules
   (:mod:`consumers.search_service.rules`, sizes included) first; one that breaks them
-  is returned as :class:`~consumers.runtime.Rejected` (dead-lettered) with the id and
+  is returned as :class:`~consumers.contract.Rejected` (dead-lettered) with the id and
   the field, and never sent.
 * **One server-side rejection stops everything.** A request the service refuses as
   malformed opens a *circuit breaker*, kept in the state file: the sink raises
@@ -18,7 +18,7 @@ Guarantees (with :mod:`consumers.runtime`: at-least-once, commit after flush):
   and refuses to send anything until it is reset by hand
   (``python -m consumers.search_service reset-breaker``).
 * **Retries never skip.** 429/5xx/``CLOSED;``/timeouts raise
-  :class:`~consumers.runtime.TransientSinkError` (``Retry-After`` honoured) keeping
+  :class:`~consumers.contract.TransientSinkError` (``Retry-After`` honoured) keeping
   exactly the records not yet confirmed; what a request confirmed is recorded at once.
 * **Idempotent.** The state file keeps, per kind and id, the last version sent and its
   content hash: an equal or older version, or unchanged content, is not sent again.
@@ -42,12 +42,13 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumers.contract import Record, Rejected, SinkError, TransientSinkError
 from consumers.registry import SinkContext
-from consumers.runtime import Record, Rejected, SinkError, TransientSinkError
 from consumers.search_service import mapping, rules
 from consumers.search_service.client import DEFAULT_URL, Malformed, UpdateApi
 from consumers.search_service.mapping import Links
 from consumers.search_service.state import State
+from consumers.toolkit.batching import chunks
 from pipeline.documents.model import CategoryDocument, ProductDocument
 from pipeline.documents.wire import DocumentMessage
 from pipeline.errors import ConfigurationError
@@ -126,9 +127,17 @@ def breaker_message(info: dict[str, Any], state: Path) -> str:
 
 
 class SearchServiceSink:
-    """Implements :class:`~consumers.runtime.Sink` for the Update API (see the module)."""
+    """Implements :class:`~consumers.contract.Sink` for the Update API (see the module)."""
 
     name = "search-service"
+    verify_unsupported = (
+        "the hosted search Update API (seeds/search-service-update-api.txt) has no endpoint "
+        "that lists the indexed items, only state/get. What can be checked instead: "
+        "`catalog-cdc search-service status` shows the service's product_count and import "
+        "status; a count equal to the database's proves nothing about the content. To "
+        "rebuild it: `catalog-cdc replay search-service` (a full import)."
+    )
+    """Why ``catalog-cdc verify`` cannot compare this target (``Unverifiable``)."""
     kinds = ("product", "category")
 
     def __init__(
@@ -246,6 +255,21 @@ class SearchServiceSink:
             self._pending[(r.kind, r.id)] = self._op(r)  # the last record of a key wins
 
     def flush(self) -> list[Rejected]:
+        """Send what was added; the refusals of this attempt are returned, or travel in
+        the :class:`~consumers.contract.TransientSinkError` when something is to be
+        sent again (the records still to send stay pending)."""
+        try:
+            self._send_pending()
+        except TransientSinkError as exc:
+            exc.rejected += self._take_rejected()
+            raise
+        return self._take_rejected()
+
+    def _take_rejected(self) -> list[Rejected]:
+        out, self._rejected = self._rejected, []
+        return out
+
+    def _send_pending(self) -> None:
         self._check_breaker()
         updates: dict[str, list[_Op]] = {"category": [], "product": []}
         deletes: list[_Op] = []
@@ -263,8 +287,6 @@ class SearchServiceSink:
         for op in deletes:
             self._send_delete(op)
             del self._pending[(op.record.kind, op.record.id)]
-        rejected, self._rejected = self._rejected, []
-        return rejected
 
     # -- full import --------------------------------------------------------------------
 
@@ -275,7 +297,7 @@ class SearchServiceSink:
         ``full_import=start``, the schema, objects in requests of <= 250, ``done``: the
         service indexes none of it until ``done``, then replaces its index with it.
         Returns the records refused locally (never sent).  A
-        :class:`~consumers.runtime.TransientSinkError` leaves the import unfinished:
+        :class:`~consumers.contract.TransientSinkError` leaves the import unfinished:
         call it again (it starts over).  Call it while no flush runs.
         """
         self._check_breaker()
@@ -386,20 +408,14 @@ class SearchServiceSink:
         return problems
 
     def _chunks(self, ops: list[_Op]) -> Iterator[list[_Op]]:
-        """Requests of at most 250 objects and ``max_data_bytes`` of data JSON."""
-        chunk: list[_Op] = []
-        size = 0
-        for op in ops:
-            if chunk and (
-                len(chunk) >= rules.MAX_PER_REQUEST
-                or size + op.size > self.max_data_bytes - _OVERHEAD
-            ):
-                yield chunk
-                chunk, size = [], 0
-            chunk.append(op)
-            size += op.size
-        if chunk:
-            yield chunk
+        """Requests of at most 250 objects and ``max_data_bytes`` of data JSON (an object
+        too large for one request never gets here: :meth:`_problems` refused it)."""
+        return chunks(
+            ops,
+            max_items=rules.MAX_PER_REQUEST,
+            max_bytes=self.max_data_bytes - _OVERHEAD,
+            size_of=_op_size,
+        )
 
     # -- sending ------------------------------------------------------------------------
 
@@ -459,6 +475,10 @@ class SearchServiceSink:
         info = self.state.breaker
         if info is not None:
             raise SinkError(breaker_message(info, self.state_path))
+
+
+def _op_size(op: _Op) -> int:
+    return op.size
 
 
 def _ids(ids: list[int]) -> str:

@@ -6,7 +6,7 @@
 * A 401 logs in again **once** and repeats the request; a second 401 (or a login
   refused) is a :class:`~consumers.runtime.SinkError` that says which credentials to
   check.
-* Connection errors and timeouts are :class:`~consumers.runtime.TransientSinkError`;
+* Connection errors and timeouts are :class:`~consumers.contract.TransientSinkError`;
   every HTTP answer else is returned to the caller, who knows what 409 or 422 means
   for a product.
 
@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 
-from consumers.runtime import SinkError, TransientSinkError
+from consumers.contract import SinkError, TransientSinkError
+from consumers.toolkit.headers import retry_after as read_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +127,6 @@ def _error_text(resp: httpx.Response) -> str:
 
 
 def retry_after(resp: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds form), or ``None``."""
-    value = resp.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+    """``Retry-After`` of ``resp`` in seconds (delta-seconds or an HTTP-date), or ``None``
+    (:func:`consumers.toolkit.headers.retry_after`)."""
+    return read_retry_after(resp.headers.get("Retry-After"))

@@ -18,13 +18,13 @@ Guarantees (with :mod:`consumers.runtime`: at-least-once delivery, commit after 
   (``skipped_unchanged``).
 * **Checked before sending.** Every field rule of the seed (:mod:`.rules`) is checked
   locally; a violating product is returned as
-  :class:`~consumers.runtime.Rejected` (dead-lettered) with every field error, and
+  :class:`~consumers.contract.Rejected` (dead-lettered) with every field error, and
   never sent.  A product the API refuses (400/422) is rejected with its error body.
 * **Deletes deactivate.** A deleted product is sent as an ``update`` with
   ``active=false`` and ``quantity=0`` (the API has no delete); a product that never
   reached the shop needs nothing (``delete_noop``).
 * **Retries never skip.** 429 (honouring ``Retry-After``), 5xx/502 and connection
-  errors raise :class:`~consumers.runtime.TransientSinkError`; the records still
+  errors raise :class:`~consumers.contract.TransientSinkError`; the records still
   unconfirmed stay pending and only they are sent again.  In a batch, the per-item
   results say which.
 * **Auth.** JWT from ``/api/auth/login``; a 401 logs in again once; a second 401 stops
@@ -48,11 +48,12 @@ import httpx
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumers.contract import Record, Rejected, SinkError, TransientSinkError
 from consumers.registry import SinkContext
-from consumers.runtime import Record, Rejected, SinkError, TransientSinkError
 from consumers.storefront_api import mapping, rules
 from consumers.storefront_api.client import StorefrontClient, retry_after
 from consumers.storefront_api.state import DEFAULT_PATH, ProductState, State, status
+from consumers.toolkit.batching import chunks
 from pipeline.documents.model import ProductDocument
 from pipeline.errors import ConfigurationError
 
@@ -94,9 +95,20 @@ class _Op:
 
 
 class StorefrontApiSink:
-    """Implements :class:`~consumers.runtime.Sink` for the products sync API."""
+    """Implements :class:`~consumers.contract.Sink` for the products sync API."""
 
     name: str = "storefront-api"
+    verify_unsupported = (
+        "the shop's products sync API (seeds/erp-to-storefront-products-sync-api.txt) has no "
+        "endpoint that lists the shop's products, so what the shop holds cannot be read back. "
+        "What can be checked instead: `catalog-cdc storefront-api status` reads the consumer's "
+        "state file (per product: synced / deactivated / rejected / absent, the last syncIds "
+        "and errors). That proves what the API confirmed to the consumer and which products "
+        "it refused; it does not prove the shop still holds them (a product edited or deleted "
+        "in the shop by hand is invisible). To resend everything as idempotent upserts: "
+        "`catalog-cdc replay storefront-api`."
+    )
+    """Why ``catalog-cdc verify`` cannot compare this target (``Unverifiable``)."""
     kinds: Sequence[str] = ("product",)
 
     def __init__(
@@ -206,10 +218,20 @@ class StorefrontApiSink:
             self._pending[r.id] = r  # per key in version order: the last one wins
 
     def flush(self) -> list[Rejected]:
-        retire, ops = self._plan()
-        self._fetch_images(ops)
-        self._send_all(retire)
-        self._send_all(ops)
+        """Send what was added; the refusals of this attempt are returned, or travel in
+        the :class:`~consumers.contract.TransientSinkError` when something is to be
+        sent again (the records still to send stay pending)."""
+        try:
+            retire, ops = self._plan()
+            self._fetch_images(ops)
+            self._send_all(retire)
+            self._send_all(ops)
+        except TransientSinkError as exc:
+            exc.rejected += self._take_rejected()
+            raise
+        return self._take_rejected()
+
+    def _take_rejected(self) -> list[Rejected]:
         out, self._rejected = self._rejected, []
         return out
 
@@ -328,8 +350,7 @@ class StorefrontApiSink:
         wait: float | None = None
         while queue:
             again: list[_Op] = []
-            for start in range(0, len(queue), self.batch):
-                chunk = queue[start : start + self.batch]
+            for chunk in chunks(queue, max_items=self.batch):
                 if transient and wait is not None:  # a 429: send nothing more for now
                     break
                 try:

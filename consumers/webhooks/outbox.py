@@ -16,7 +16,8 @@ Tables:
   ``handed`` tracks the hand-over to the runtime (0 new, 1 handed over, 2 acknowledged).
 
 One connection, guarded by a lock (the runtime thread and the delivery threads share
-it); WAL, ``synchronous=FULL``: an outbox transaction that returned survives a crash.
+it); WAL, ``synchronous=FULL`` (:mod:`consumers.toolkit.ledger`): an outbox transaction
+that returned survives a crash.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consumers.runtime import Record, Rejected, SinkError
+from consumers.contract import Record, Rejected, SinkError
+from consumers.toolkit.ledger import open_ledger, rows, transaction
 from pipeline.documents.model import ProductDocument, from_json, to_json
 from pipeline.documents.wire import DocumentMessage
 
@@ -136,12 +138,8 @@ class Outbox:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_ledger(path, _SCHEMA, shared=True)
         except sqlite3.Error as exc:
             raise SinkError(f"webhooks state file {path}: cannot open it ({exc})") from exc
 
@@ -151,14 +149,8 @@ class Outbox:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self.lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with transaction(self._db, lock=self.lock) as db:
+            yield db
 
     # -- what each subscriber was told ------------------------------------------------
 
@@ -307,12 +299,11 @@ class Outbox:
 
     def dead_letter_rows(self) -> list[dict[str, Any]]:
         with self.lock:
-            cur = self._db.execute(
+            return rows(
+                self._db,
                 "SELECT subscriber, product_id, version, event_id, event_type, reason, attempts, "
-                "handed FROM dead_letters ORDER BY id"
+                "handed FROM dead_letters ORDER BY id",
             )
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def pending(self) -> dict[str, int]:
         with self.lock:

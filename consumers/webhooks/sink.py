@@ -35,7 +35,6 @@ Options (``--option key=value``): ``config`` (subscribers file, default
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import logging
 import random
@@ -49,8 +48,9 @@ from pathlib import Path
 
 import httpx
 
+from consumers.contract import Record, Rejected, TransientSinkError
 from consumers.registry import SinkContext
-from consumers.runtime import Record, Rejected, TransientSinkError
+from consumers.toolkit.headers import retry_after as retry_after_seconds
 from consumers.webhooks import events
 from consumers.webhooks.config import Subscriber, load_subscribers, parse_duration
 from consumers.webhooks.outbox import Entry, Known, Outbox, Queued
@@ -81,22 +81,6 @@ def _jittered(delay: float, maximum: float) -> float:
     return min(maximum, delay * random.uniform(0.8, 1.2))
 
 
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """``Retry-After``: delta-seconds or an HTTP date; ``None`` when absent or invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
-
-
 def classify(status: int) -> str:
     """``"ok"`` (2xx), ``"retry"`` (408, 429, 5xx) or ``"refused"`` (anything else)."""
     if 200 <= status < 300:
@@ -119,10 +103,18 @@ class _Counters:
 
 
 class WebhooksSink:
-    """Implements :class:`~consumers.runtime.Sink` for signed webhooks (see the module
+    """Implements :class:`~consumers.contract.Sink` for signed webhooks (see the module
     docstring for the guarantees)."""
 
     name: str = "webhooks"
+    verify_unsupported = (
+        "webhooks are notifications to partners' receivers (seeds/inventory-sync-webhooks.txt): "
+        "there is no target to list, each receiver keeps its own copy. What can be checked "
+        "instead: the consumer's dead-letter topic {prefix}.dlq.webhooks lists the events no "
+        "receiver accepted. To resend every product: `catalog-cdc replay webhooks` (receivers "
+        "must be idempotent, as the seed's upsert by external_id is)."
+    )
+    """Why ``catalog-cdc verify`` cannot compare this target (``Unverifiable``)."""
     kinds: Sequence[str] = ("product",)
 
     def __init__(
@@ -222,7 +214,8 @@ class WebhooksSink:
     def flush(self) -> list[Rejected]:
         """Queue the batch's events durably (one transaction); deliveries go on in the
         background.  Raises :class:`TransientSinkError` if the state file cannot be
-        written (the batch is kept and queued by the retried flush)."""
+        written (the batch is kept and queued by the retried flush; what it refused
+        travels in the error)."""
         outbox = self._require_open()
         rejected: list[Rejected] = []
         digests: dict[int, str | None] = {}  # id(record) -> content hash (None: a delete)
@@ -259,8 +252,10 @@ class WebhooksSink:
                         unchanged[sub.name] = unchanged.get(sub.name, 0) + 1
             outbox.enqueue(queued, updates, now)
         except sqlite3.Error as exc:
+            self._pending = records  # the refused travel in the error, not again
             raise TransientSinkError(
-                f"webhooks state file {self.state_path}: cannot queue the batch ({exc})"
+                f"webhooks state file {self.state_path}: cannot queue the batch ({exc})",
+                rejected=rejected,
             ) from exc
         self._pending = []
         with self._lock:

@@ -1,10 +1,13 @@
 """Rebuild any sink from the document topics (``catalog-cdc replay``).
 
 :func:`replay` is the one entry point (the CLI and the admin API call it): it builds
-the consumer's sink for a replay, picks its :class:`~pipeline.replay.driver.ReplayPlan`
-(the search index: a new generation swapped in by alias; the hosted search service: a
-full import; every other consumer: everything re-sent as idempotent upserts) and runs
-the :class:`~pipeline.replay.driver.Replayer`.
+the consumer's sink for a replay and asks it what it can do
+(:mod:`consumers.capabilities`): a :class:`~consumers.capabilities.FullImport` sink
+rebuilds through its target's own protocol; a
+:class:`~consumers.capabilities.Replayable` one gives the
+:class:`~consumers.capabilities.ReplayPlan` (e.g. a new index generation swapped in by
+alias); every other sink gets everything re-sent as idempotent upserts.  The
+:class:`~pipeline.replay.driver.Replayer` then drives it.  No consumer is named here.
 """
 
 from __future__ import annotations
@@ -13,15 +16,14 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
+from consumers.capabilities import FullImport, ReplayPlan
+from consumers.contract import Sink
 from pipeline.replay.driver import (
     Replayer,
     ReplayError,
-    ReplayPlan,
     ReplayProgress,
     ReplayResult,
-    UpsertPlan,
     terminal_progress,
 )
 from pipeline.settings import ConnectionSettings
@@ -62,34 +64,27 @@ def replay(
     ``grace``: seconds the search replay keeps the old index generation after the swap.
     An interrupted replay (``stop`` set, or a crash) resumes from ``state_path``.
     """
+    from consumers.capabilities import FullImport, Replayable, ReplayRequest, UpsertPlan
     from consumers.registry import SinkContext, load
-    from pipeline.documents.reading import document_codec
 
     stop = stop or threading.Event()
     state_path = state_path or default_state_path(consumer, connections.topic_prefix)
-    opts = dict(options or {})
-    kv_index: Path | None = None
-    if consumer == "edge-kv" and "state" not in opts:
-        # A write index of its own: every key is written again (and pulse moves at the
-        # end), whatever the live consumer's index says.
-        kv_index = state_path.with_suffix(".kv-index")
-        opts["state"] = str(kv_index)
-    context = SinkContext(connections, opts, replay=True)
+    context = SinkContext(connections, dict(options or {}), replay=True, replay_state=state_path)
     sink = load(consumer)(context)
-    plan: ReplayPlan = UpsertPlan()
-    if consumer == "search":
-        from consumers.search.replay import SearchReplayPlan
-
-        plan = SearchReplayPlan.for_sink(sink, grace=grace, stop=stop)
-    elif consumer == "search-service":
-        return _full_import(sink, connections, dry_run, progress)
+    if isinstance(sink, FullImport):
+        return _full_import(sink, connections, dry_run, progress, stop)
+    plan: ReplayPlan = (
+        sink.replay_plan(ReplayRequest(state_path, grace, stop))
+        if isinstance(sink, Replayable)
+        else UpsertPlan()
+    )
     bootstrap = connections.require("kafka_bootstrap")
     replayer = Replayer(
         sink,
         plan,
         bootstrap=bootstrap,
-        codec=document_codec(bootstrap, connections.topic_prefix, connections.schema_registry_url),
         topic_prefix=connections.topic_prefix,
+        schema_registry_url=connections.schema_registry_url,
         state_path=state_path,
         from_time=from_time,
         progress=progress,
@@ -98,25 +93,26 @@ def replay(
     )
     if dry_run:
         return replayer.dry_run()
-    result = replayer.run()
-    if kv_index is not None and not result.detail.get("interrupted"):
-        kv_index.unlink(missing_ok=True)
-    return result
+    return replayer.run()
 
 
 def _full_import(
-    sink: Any,
+    sink: Sink,
     connections: ConnectionSettings,
     dry_run: bool,
     progress: Callable[[ReplayProgress], None] | None,
+    stop: threading.Event,
 ) -> ReplayResult:
-    """The hosted search service's own rebuild protocol: ``full_import=start``, every
-    current document, ``done`` (the service swaps its index at ``done``).  Not resumable
-    (the protocol starts over); the latest document per key is read from the topics."""
+    """A target with a rebuild protocol of its own (e.g. the hosted search service's
+    ``full_import=start``, every current document, ``done``): not resumable (the
+    protocol starts over); the latest document per key is read from the topics.  What
+    the target refuses goes to the consumer's dead-letter topic, as in live consuming."""
     import time
 
+    from consumers.driver import SinkDriver
     from pipeline.documents.reading import latest_documents
 
+    assert isinstance(sink, FullImport)
     started = time.monotonic()
     bootstrap = connections.require("kafka_bootstrap")
     records = [
@@ -131,15 +127,23 @@ def _full_import(
         return ReplayResult(sink.name, len(records), 0, 0.0, dry_run=True)
     if progress is not None:
         progress(ReplayProgress(sink.name, "replaying", 0, len(records), 0.0, None))
-    sink.open()
+    driver = SinkDriver(
+        sink,
+        bootstrap=bootstrap,
+        topic_prefix=connections.topic_prefix,
+        wait=stop.wait,
+        schema_registry_url=connections.schema_registry_url,
+    )
+    if not driver.open():
+        return ReplayResult(sink.name, 0, 0, time.monotonic() - started,
+                            detail={"interrupted": True})  # fmt: skip
     try:
-        rejected = sink.full_import(records)
+        letters = driver.dead_letter_records(sink.full_import(records))
     finally:
         sink.close()
+        driver.close()
     seconds = time.monotonic() - started
     if progress is not None:
         rate = len(records) / max(seconds, 1e-9)
         progress(ReplayProgress(sink.name, "done", len(records), len(records), rate, 0.0))
-    return ReplayResult(
-        sink.name, len(records), len(rejected), seconds, detail={"full_import": "done"}
-    )
+    return ReplayResult(sink.name, len(records), letters, seconds, detail={"full_import": "done"})

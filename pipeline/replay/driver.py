@@ -34,16 +34,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from consumers.runtime import RawRecord, Record, Rejected, Sink, TransientSinkError, raw_record
-from pipeline.codec import EventCodec, make_codec
-from pipeline.documents.wire import DocumentCodec
+from consumers.capabilities import ReplayPlan
+from consumers.contract import Sink
+from consumers.driver import Backoff, Decoded, SinkDriver, Written
 from pipeline.errors import CatalogCdcError
 from pipeline.kafka import consumer_config
-from pipeline.topics import doc_topic
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +50,7 @@ _SWITCH_INTERVAL_S = 0.0005
 
 T = TypeVar("T")
 
-__all__ = [
-    "ReplayError",
-    "ReplayPlan",
-    "ReplayProgress",
-    "ReplayResult",
-    "Replayer",
-]
+__all__ = ["ReplayError", "ReplayProgress", "ReplayResult", "Replayer"]
 
 
 class ReplayError(CatalogCdcError):
@@ -84,35 +77,6 @@ class ReplayResult:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-class ReplayPlan(Protocol):
-    """What is special about replaying one consumer."""
-
-    def prepare(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
-        """Before the first batch (and on resume, with what it returned last time)."""
-        ...
-
-    def switch(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
-        """After the first pass: make the rebuilt target the live one (atomic)."""
-        ...
-
-    def finish(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
-        """After the last pass (clean-up: e.g. the old generation after a grace)."""
-        ...
-
-
-class UpsertPlan:
-    """Re-send everything through the sink (idempotent upserts by id): nothing to switch."""
-
-    def prepare(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
-        return saved
-
-    def switch(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
-        return saved
-
-    def finish(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
-        return saved
-
-
 Positions = dict[str, dict[int, int]]  # topic -> partition -> next offset
 
 
@@ -125,9 +89,9 @@ class Replayer:
         plan: ReplayPlan,
         *,
         bootstrap: str,
-        codec: DocumentCodec,
         topic_prefix: str,
         state_path: Path,
+        schema_registry_url: str | None = None,
         from_time: datetime | None = None,
         batch_size: int = 2000,
         progress: Callable[[ReplayProgress], None] | None = None,
@@ -137,25 +101,26 @@ class Replayer:
         self.sink = sink
         self.plan = plan
         self.bootstrap = bootstrap
-        self.codec = codec
         self.prefix = topic_prefix
         self.state_path = state_path
         self.from_time = from_time
         self.batch_size = batch_size
         self.progress = progress
         self.stop = stop or threading.Event()
-        self.backoff_max = backoff_max
-        self.topics = [doc_topic(topic_prefix, k) for k in sink.kinds]
-        # A sink that also reads raw change topics (edge-kv: stores, cms_pages).
-        self.raw_tables: dict[str, str] = {
-            f"{topic_prefix}.public.{t}": t for t in getattr(sink, "raw_tables", ())
-        }
-        self.topics += list(self.raw_tables)
-        self._raw_codec: EventCodec | None = None
-        if self.raw_tables:
-            self._raw_codec = make_codec(topic_prefix=topic_prefix, kafka_bootstrap=bootstrap)
+        # The live consumer's driver: the same decoding, retries and dead letters
+        # (``{prefix}.dlq.{consumer}``); a replay waits out an outage on its stop event.
+        self.driver = SinkDriver(
+            sink,
+            bootstrap=bootstrap,
+            topic_prefix=topic_prefix,
+            wait=self.stop.wait,
+            schema_registry_url=schema_registry_url,
+            backoff=Backoff(maximum=backoff_max),
+        )
+        self.topics = self.driver.topics
         self.records = 0
-        self.rejected: list[Rejected] = []
+        self.rejected = 0
+        """Records dead-lettered (refused by the target, or undecodable)."""
         self._consumer = Consumer(consumer_config(bootstrap, f"{topic_prefix}-replay-tool"))
 
     # -- offsets ---------------------------------------------------------------------------
@@ -264,7 +229,17 @@ class Replayer:
         # times a request.  5 ms -> 0.5 ms made a search replay 25 % faster (measured).
         switch = sys.getswitchinterval()
         sys.setswitchinterval(min(switch, _SWITCH_INTERVAL_S))
-        self._on_sink(lambda: self._retrying(self.sink.open))
+        if not self._on_sink(self.driver.open):
+            self._pool.shutdown()
+            sys.setswitchinterval(switch)
+            self._consumer.close()
+            return ReplayResult(
+                self.sink.name,
+                0,
+                0,
+                time.monotonic() - started,
+                detail={"pass": state["pass"], "interrupted": True},
+            )
         try:
             state["plan"] = self._on_sink(lambda: self.plan.prepare(self.sink, state["plan"]))
             self._save(state)
@@ -288,6 +263,7 @@ class Replayer:
         finally:
             self._consumer.close()
             self._on_sink(self.sink.close)
+            self._on_sink(self.driver.close)
             self._pool.shutdown()
             sys.setswitchinterval(switch)
 
@@ -303,7 +279,7 @@ class Replayer:
         result = ReplayResult(
             self.sink.name,
             self.records,
-            len(self.rejected),
+            self.rejected,
             time.monotonic() - started,
             detail=detail,
         )
@@ -320,9 +296,9 @@ class Replayer:
         return result
 
     def _pass(self, state: dict[str, Any], phase: str) -> None:
-        """Read to ``state["ends"]``; batch k is written (a worker thread: the sink's
-        add + flush) while batch k+1 is read and decoded, and its positions are saved
-        only once its flush returned."""
+        """Read to ``state["ends"]``; batch k is written (a worker thread: the driver's
+        add + flush + dead letters) while batch k+1 is read and decoded, and its
+        positions are saved only once the driver reported it written."""
         pos: Positions = state["positions"]
         ends: Positions = state["ends"]
         total = self._remaining(pos, ends)
@@ -330,52 +306,30 @@ class Replayer:
         t0 = time.monotonic()
         self._report(phase, 0, total, t0)
 
-        def complete(job: Future[list[Rejected] | None], batch: list[Record | RawRecord]) -> bool:
-            rejected = job.result()
-            if rejected is None:
+        def complete(job: Future[Written | None], batch: Decoded) -> bool:
+            written = job.result()
+            if written is None:
                 return False  # stopping
-            self.rejected += rejected
-            for rej in rejected:
-                log.error(
-                    "event=replay_rejected consumer=%s kind=%s id=%s reason=%s",
-                    self.sink.name,
-                    rej.record.kind,
-                    rej.record.id,
-                    rej.reason,
-                )
-            for rec in batch:
-                topic = (
-                    doc_topic(self.prefix, rec.kind)
-                    if isinstance(rec, Record)
-                    else f"{self.prefix}.public.{rec.kind}"
-                )
-                pos.setdefault(topic, {})[rec.partition] = rec.offset + 1
+            self.rejected += written.dead_letters
+            for (topic, part), offset in batch.positions.items():
+                pos.setdefault(topic, {})[part] = offset
             self.records += len(batch)
             progress[0] += len(batch)
             self._save(state)
             self._report(phase, progress[0], total, t0)
             return not self.stop.is_set()
 
-        pending: tuple[Future[list[Rejected] | None], list[Record | RawRecord]] | None = None
-        for batch in self._batches(pos, ends):
+        pending: tuple[Future[Written | None], Decoded] | None = None
+        for msgs in self._batches(pos, ends):
+            batch = self.driver.decode(msgs)
             if pending is not None and not complete(*pending):
                 return
-            pending = (self._pool.submit(self._write, batch), batch)
+            pending = (self._pool.submit(self.driver.write, batch), batch)
         if pending is not None:
             complete(*pending)
 
-    def _write(self, batch: list[Record | RawRecord]) -> list[Rejected] | None:
-        docs = [r for r in batch if isinstance(r, Record)]
-        raws = [r for r in batch if isinstance(r, RawRecord)]
-        if docs:
-            self.sink.add(docs)
-        if raws:
-            add_raw: Callable[[list[RawRecord]], None] = getattr(self.sink, "add_raw")  # noqa: B009
-            add_raw(raws)
-        rejected: list[Rejected] | None = self._retrying(self.sink.flush)
-        return rejected
-
-    def _batches(self, pos: Positions, ends: Positions) -> Iterator[list[Record | RawRecord]]:
+    def _batches(self, pos: Positions, ends: Positions) -> Iterator[list[Message]]:
+        """The messages up to ``ends``, in batches of up to ``batch_size``."""
         todo = [
             TopicPartition(t, p, pos.get(t, {}).get(p, OFFSET_BEGINNING))
             for t, parts in ends.items()
@@ -386,7 +340,7 @@ class Replayer:
             return
         self._consumer.assign(todo)
         left = {(tp.topic, tp.partition) for tp in todo}
-        batch: list[Record | RawRecord] = []
+        batch: list[Message] = []
         idle_since = time.monotonic()
         while left and not self.stop.is_set():
             msgs = self._consumer.consume(self.batch_size, 0.5)
@@ -403,18 +357,7 @@ class Replayer:
                     left.discard((topic, part))
                     self._consumer.pause([TopicPartition(topic, part)])
                     continue
-                if topic in self.raw_tables:
-                    assert self._raw_codec is not None
-                    raw = raw_record(self._raw_codec, msg, self.raw_tables[topic])
-                    if raw is not None:
-                        batch.append(raw)
-                else:
-                    kind = "product" if topic.endswith(".doc.products") else "category"
-                    batch.append(
-                        self.codec.decode_message(
-                            kind, msg.key(), msg.value(), msg.headers(), part, offset
-                        )
-                    )
+                batch.append(msg)
                 if offset + 1 >= ends[topic][part]:
                     left.discard((topic, part))
             if batch and (len(batch) >= self.batch_size or not left or not msgs):
@@ -423,25 +366,6 @@ class Replayer:
         if batch and not self.stop.is_set():
             yield batch
         self._consumer.unassign()
-
-    def _retrying(self, call: Callable[[], Any]) -> Any:
-        delay = 0.5
-        while True:
-            try:
-                return call()
-            except TransientSinkError as exc:
-                wait = min(
-                    self.backoff_max, exc.retry_after if exc.retry_after is not None else delay
-                )
-                log.warning(
-                    "event=replay_sink_unavailable consumer=%s retry_in=%.1fs error=%s",
-                    self.sink.name,
-                    wait,
-                    exc,
-                )
-                delay = min(self.backoff_max, delay * 2)
-                if self.stop.wait(wait):
-                    return None
 
     def _report(self, phase: str, done: int, total: int, t0: float) -> None:
         if self.progress is None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from consumers.runtime import Rejected, TransientSinkError
+from consumers.contract import Rejected, TransientSinkError
 from pipeline.errors import CatalogCdcError
 from pipeline.verify.report import Report, Snapshot
 
@@ -59,8 +59,11 @@ class Verifier(Protocol):
     """A consumer's target, read back and compared with the database."""
 
     name: str
-    classes: Sequence[str]
-    """The document classes reported (also when there are none on either side)."""
+
+    @property
+    def classes(self) -> Sequence[str]:
+        """The document classes reported (also when there are none on either side)."""
+        ...
 
     def expected(self) -> Snapshot:
         """What the database calls for (``expected_documents`` and the rows the sink

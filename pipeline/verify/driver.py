@@ -1,63 +1,27 @@
 """Run a verification: pick the consumer's :class:`~pipeline.verify.base.Verifier`, compare,
 repair if asked, compare again.
 
-Consumers whose target cannot be listed (third-party APIs without a listing endpoint in
-their seeds) have no verifier: :func:`verifier_for` raises
-:class:`~pipeline.verify.base.Unsupported` with what can be checked instead.
+A consumer's sink says whether it can be verified (:mod:`consumers.capabilities`):
+a :class:`~consumers.capabilities.Verifiable` sink gives its verifier; a target that
+cannot be listed (a third-party API without a listing endpoint in its seed) is
+:class:`~consumers.capabilities.Unverifiable`: :func:`verifier_for` raises
+:class:`~pipeline.verify.base.Unsupported` with the sink's word on what can be checked
+instead.  No consumer is named here.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
-from typing import Final
 
-from consumers.registry import SinkContext, available
-from pipeline.errors import ConfigurationError
+from consumers.capabilities import Unverifiable, Verifiable
+from consumers.registry import SinkContext, load
 from pipeline.verify.base import RepairOutcome, Unsupported, Verifier
 from pipeline.verify.report import Report
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UNSUPPORTED", "VERIFIERS", "VerifyResult", "run", "verifier_for"]
-
-VERIFIERS: Final[dict[str, str]] = {
-    "search": "consumers.search.verify:SearchVerifier",
-    "edge-kv": "consumers.edge_kv.verify:EdgeKvVerifier",
-}
-"""Consumer name -> ``module:class`` of its verifier, called as ``cls(context, dsn)``."""
-
-UNSUPPORTED: Final[dict[str, str]] = {
-    "storefront-api": (
-        "the shop's products sync API (seeds/erp-to-storefront-products-sync-api.txt) has no "
-        "endpoint that lists the shop's products, so what the shop holds cannot be read back. "
-        "What can be checked instead: `catalog-cdc storefront-api status` reads the consumer's "
-        "state file (per product: synced / deactivated / rejected / absent, the last syncIds "
-        "and errors). That proves what the API confirmed to the consumer and which products "
-        "it refused; it does not prove the shop still holds them (a product edited or deleted "
-        "in the shop by hand is invisible). To resend everything as idempotent upserts: "
-        "`catalog-cdc replay storefront-api`."
-    ),
-    "search-service": (
-        "the hosted search Update API (seeds/search-service-update-api.txt) has no endpoint "
-        "that lists the indexed items, only state/get. What can be checked instead: "
-        "`catalog-cdc search-service status` shows the service's product_count and import "
-        "status; a count equal to the database's proves nothing about the content. To "
-        "rebuild it: `catalog-cdc replay search-service` (a full import)."
-    ),
-    "webhooks": (
-        "webhooks are notifications to partners' receivers (seeds/inventory-sync-webhooks.txt): "
-        "there is no target to list, each receiver keeps its own copy. What can be checked "
-        "instead: the consumer's dead-letter topic {prefix}.dlq.webhooks lists the events no "
-        "receiver accepted. To resend every product: `catalog-cdc replay webhooks` (receivers "
-        "must be idempotent, as the seed's upsert by external_id is)."
-    ),
-    "jsonl": (
-        "the jsonl consumer writes a log of records, not the current state of each document; "
-        "there is nothing to compare with the database."
-    ),
-}
+__all__ = ["VerifyResult", "run", "verifier_for"]
 
 
 @dataclass
@@ -74,21 +38,18 @@ class VerifyResult:
 
 
 def verifier_for(name: str, context: SinkContext, dsn: str) -> Verifier:
-    target = VERIFIERS.get(name)
-    if target is None:
-        if name in UNSUPPORTED:
-            raise Unsupported(f"{name} cannot be verified: {UNSUPPORTED[name]}")
-        if name not in available():
-            known = ", ".join(sorted(available())) or "none"
-            raise ConfigurationError(f"no consumer named {name!r} (installed: {known})")
-        raise Unsupported(
-            f"{name} cannot be verified: it has no verifier (only {', '.join(sorted(VERIFIERS))} "
-            "have one; see docs/verify.md)"
-        )
-    module, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
-    verifier: Verifier = cls(context, dsn)
-    return verifier
+    """The verifier of consumer ``name``: its sink's, if it is
+    :class:`~consumers.capabilities.Verifiable`; else :class:`Unsupported`, with the
+    reason the sink gives (:class:`~consumers.capabilities.Unverifiable`)."""
+    sink = load(name)(context)
+    if isinstance(sink, Verifiable):
+        return sink.verifier(context, dsn)
+    if isinstance(sink, Unverifiable):
+        raise Unsupported(f"{name} cannot be verified: {sink.verify_unsupported}")
+    raise Unsupported(
+        f"{name} cannot be verified: its sink has no verifier (see docs/adding-a-consumer.md "
+        "to give it one, and docs/verify.md)"
+    )
 
 
 def run(verifier: Verifier, *, repair: bool = False) -> VerifyResult:

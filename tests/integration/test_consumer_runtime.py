@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from consumers.contract import Record, Rejected, TransientSinkError
 from consumers.jsonl import JsonlSink
-from consumers.runtime import ConsumerRuntime, Record, Rejected, RuntimeSettings, TransientSinkError
+from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from pipeline.documents.model import ProductDocument
 from pipeline.documents.reading import document_codec
 from pipeline.documents.wire import doc_key, headers_of

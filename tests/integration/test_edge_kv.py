@@ -279,7 +279,7 @@ def test_rest_backend_rules_against_the_contract_server() -> None:
     """No stack needed: auth, transient retries that resend only what is unconfirmed,
     a hot key held back a second, list/get with cursors."""
 
-    from consumers.runtime import SinkError, TransientSinkError
+    from consumers.contract import SinkError, TransientSinkError
 
     with Server(write_interval=1.0) as kv:
         assert isinstance(kv, Server)

@@ -20,8 +20,9 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
+from consumers.contract import SinkError
 from consumers.registry import SinkContext
-from consumers.runtime import ConsumerRuntime, RuntimeSettings, SinkError
+from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from consumers.search_service import rules
 from consumers.search_service.client import UpdateApi, status
 from consumers.search_service.mapping import Links, category_item, product_item

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from consumers.runtime import ConsumerRuntime, RuntimeSettings, SinkError, TransientSinkError
+from consumers.contract import SinkError, TransientSinkError
+from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from consumers.storefront_api import mapping
 from consumers.storefront_api.client import StorefrontClient
 from consumers.storefront_api.sink import StorefrontApiSink, status

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consumers.contract import RawRecord, Rejected, TransientSinkError
 from consumers.edge_kv.layout import PULSE, Catalog, CmsRow, StoreRow, full_layout
 from consumers.edge_kv.sink import EdgeKvSink
-from consumers.runtime import RawRecord, Rejected, TransientSinkError
 from pipeline.documents.model import CategoryDocument, ProductDocument
 from pipeline.documents.wire import DocumentMessage
 from pipeline.events import ChangeEvent, Source

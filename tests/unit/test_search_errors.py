@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from elasticsearch import Elasticsearch
 
-from consumers.runtime import SinkError
+from consumers.contract import SinkError
 from consumers.search.sink import SearchSink
 
 

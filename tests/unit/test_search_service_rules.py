@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from consumers.runtime import SinkError, TransientSinkError
+from consumers.contract import SinkError, TransientSinkError
 from consumers.search_service import mapping, rules
 from consumers.search_service.client import UpdateApi, retry_after, status
 from consumers.search_service.sink import SearchServiceSink, reset_breaker

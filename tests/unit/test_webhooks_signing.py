@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from consumers.runtime import Record
+from consumers.contract import Record
 from consumers.webhooks import events
 from consumers.webhooks.config import load_subscribers, parse_duration, subscribers_from
 from consumers.webhooks.sink import (

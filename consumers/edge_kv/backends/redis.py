@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 
 import redis
 
-from consumers.runtime import SinkError, TransientSinkError
+from consumers.contract import SinkError, TransientSinkError
 
 __all__ = ["RedisBackend"]
 

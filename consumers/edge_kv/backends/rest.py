@@ -30,14 +30,16 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
 
+from consumers.contract import SinkError, TransientSinkError
 from consumers.edge_kv.layout import PULSE
-from consumers.runtime import SinkError, TransientSinkError
+from consumers.toolkit.batching import chunks
+from consumers.toolkit.headers import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +51,10 @@ WRITE_INTERVAL: Final = 1.0
 MARGIN: Final = 0.02
 
 
-def chunks(items: list[tuple[str, str | None]], max_bytes: int) -> Iterator[list[Any]]:
-    """Cut ``items`` into requests of at most 10,000 entries and ``max_bytes`` of JSON."""
-    batch: list[tuple[str, str | None]] = []
-    size = 2
-    for key, value in items:
-        entry = len(json.dumps(key)) + (0 if value is None else len(json.dumps(value)) + 20) + 2
-        if batch and (len(batch) >= MAX_PAIRS or size + entry > max_bytes):
-            yield batch
-            batch, size = [], 2
-        batch.append((key, value))
-        size += entry
-    if batch:
-        yield batch
+def _entry_size(item: tuple[str, str | None]) -> int:
+    """Bytes of one entry in a bulk request's JSON array (its separator included)."""
+    key, value = item
+    return len(json.dumps(key)) + (0 if value is None else len(json.dumps(value)) + 20) + 2
 
 
 class RestBackend:
@@ -122,10 +115,9 @@ class RestBackend:
         self.stats["requests"] += 1
         status = resp.status_code
         if status == 429 or status >= 500:
-            retry = resp.headers.get("Retry-After")
             raise TransientSinkError(
                 f"KV REST API {method} {path}: {status} {_errors(resp)}",
-                retry_after=float(retry) if retry and retry.replace(".", "", 1).isdigit() else None,
+                retry_after=retry_after(resp.headers.get("Retry-After")),
             )
         if status in (401, 403):
             raise SinkError(
@@ -177,7 +169,13 @@ class RestBackend:
             puts: list[tuple[str, str | None]] = [(k, ops[k]) for k in ready if ops[k] is not None]
             dels: list[tuple[str, str | None]] = [(k, None) for k in ready if ops[k] is None]
             for group in (puts, dels):
-                for chunk in chunks(group, self.max_request_bytes):
+                # at most 10,000 entries and max_request_bytes of JSON ("[" and "]": 2)
+                for chunk in chunks(
+                    group,
+                    max_items=MAX_PAIRS,
+                    max_bytes=self.max_request_bytes - 2,
+                    size_of=_entry_size,
+                ):
                     done = self._bulk(chunk)
                     at = self._clock()
                     for key in done:

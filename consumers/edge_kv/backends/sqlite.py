@@ -1,6 +1,7 @@
 """The embedded SQLite KV store (the default backend): one table ``kv(key, value)``.
 
-``apply`` is one transaction (WAL mode, ``synchronous=FULL``): confirmed = committed.
+``apply`` is one transaction (WAL mode, ``synchronous=FULL``: the policy of
+:mod:`consumers.toolkit.ledger`): confirmed = committed.
 Readers (``catalog-cdc kv get``) may read while the consumer writes.
 """
 
@@ -10,9 +11,12 @@ import sqlite3
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
-from consumers.runtime import TransientSinkError
+from consumers.contract import TransientSinkError
+from consumers.toolkit.ledger import open_ledger, transaction
 
 __all__ = ["SqliteBackend"]
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
 
 
 class SqliteBackend:
@@ -25,12 +29,7 @@ class SqliteBackend:
     def open(self) -> None:
         if self._db is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db = db
+        self._db = open_ledger(self.path, _SCHEMA)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -40,22 +39,17 @@ class SqliteBackend:
         return self._db
 
     def apply(self, writes: Mapping[str, str], deletes: Collection[str]) -> None:
-        db = self.db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:  # locked by another writer
-            raise TransientSinkError(f"SQLite KV store {self.path} busy: {exc}") from exc
-        try:
+        with transaction(self.db, busy=self._busy) as db:
             db.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in deletes])
             db.executemany(
                 "INSERT INTO kv (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 list(writes.items()),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+
+    def _busy(self, exc: sqlite3.OperationalError) -> TransientSinkError:
+        """Locked by another writer beyond the busy timeout: try again later."""
+        return TransientSinkError(f"SQLite KV store {self.path} busy: {exc}")
 
     def get(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
