@@ -22,6 +22,10 @@ chunk row never overwrites a newer live change, and nothing is missed.
 Resume: while a re-snapshot runs, the reader confirms nothing past the signal that
 requested it, so after a crash the request is read again and the re-snapshot starts
 over (duplicates, never loss).
+
+What this needs of the reader is :class:`SnapshotHost` (the reader's translation layer
+implements it); the rest -- connection, chunk size, signal table -- is given when
+:class:`IncrementalSnapshot` is made.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
+from collections.abc import Collection, Set
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -42,13 +47,39 @@ from pipeline.reader.snapshot import TableShape, describe_table, read_chunk
 if TYPE_CHECKING:
     import psycopg
 
-    from pipeline.reader.service import Reader
+    from pipeline.reader.pgoutput import Relation
 
 log = logging.getLogger(__name__)
 
 EXECUTE = "execute-snapshot"
 OPEN = "snapshot-window-open"
 CLOSE = "snapshot-window-close"
+
+
+class SnapshotHost(Protocol):
+    """What a re-snapshot needs of the reader whose stream it is interleaved with."""
+
+    @property
+    def captured_tables(self) -> Set[str]:
+        """Schema-qualified names of the tables whose changes become events."""
+        ...
+
+    @property
+    def transaction_xid(self) -> int | None:
+        """The xid of the transaction being read (``None`` if it has none)."""
+        ...
+
+    def keyed_relation(self, rel: Relation) -> Relation:
+        """``rel`` with key flags on its primary-key columns (events' keys)."""
+        ...
+
+    def primary_key(self, schema: TableSchema) -> tuple[str, ...]:
+        """The table's primary-key columns, if the reader knows them (else ``()``)."""
+        ...
+
+    def emit_snapshot_rows(self, schema: TableSchema, rows: Collection[Row]) -> None:
+        """Produce ``rows`` as ``op='r'`` events of the transaction being read."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -97,9 +128,19 @@ class _Request:
 class IncrementalSnapshot:
     """Drives re-snapshots for one reader (single-threaded, called from its loop)."""
 
-    def __init__(self, reader: Reader, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        self.reader = reader
+    def __init__(
+        self,
+        host: SnapshotHost,
+        conn: psycopg.Connection[tuple[Any, ...]],
+        *,
+        chunk_size: int,
+        signal_table: tuple[str, str],
+    ) -> None:
+        self.host = host
         self.conn = conn
+        self.chunk_size = chunk_size
+        self.signal_table = signal_table
+        """``(schema, table)`` of the signal table (requests and watermarks)."""
         self.cache = RelationCache()
         self.requests: deque[_Request] = deque()
         self.chunk: _Chunk | None = None
@@ -115,7 +156,7 @@ class IncrementalSnapshot:
         kind, data, sig_id = row.get("type"), row.get("data") or {}, str(row.get("id"))
         if kind == EXECUTE:
             tables = [str(t) for t in (data.get("tables") or [])] if isinstance(data, dict) else []
-            captured = self.reader.captured
+            captured = self.host.captured_tables
             unknown = [t for t in tables if _qualify(t) not in captured]
             if unknown:
                 log.error(
@@ -144,7 +185,7 @@ class IncrementalSnapshot:
         return (
             chunk is not None
             and bool(chunk.rows)
-            and chunk.stale_by(self.reader._tx_xid)
+            and chunk.stale_by(self.host.transaction_xid)
             and (schema.schema, schema.table) == (chunk.schema.schema, chunk.schema.table)
         )
 
@@ -183,11 +224,11 @@ class IncrementalSnapshot:
         shape = describe_table(self.conn, schema_name, table)
         for t in shape.types:
             self.cache.apply_type(t)
-        rel = self.reader._keyed_relation(shape.relation)
+        rel = self.host.keyed_relation(shape.relation)
         schema = self.cache.apply_relation(rel)
         chunk_id = uuid.uuid4().hex
         self._watermark(OPEN, chunk_id, qualified)
-        size = self.reader.settings.snapshot_chunk_size
+        size = self.chunk_size
         with self.conn.transaction():  # one snapshot: the one the rows are read in
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             snapshot = self.conn.execute("SELECT pg_current_snapshot()::text").fetchone()
@@ -211,17 +252,11 @@ class IncrementalSnapshot:
         committed before."""
         chunk = self.chunk
         assert chunk is not None
-        tx = self.reader._tx
-        assert tx is not None
-        lsn = self.reader._tx_lsn
-        for row in chunk.rows.values():
-            self.reader._emit(tx, chunk.schema, "r", None, row, lsn, None, _now_ms(), "incremental")
+        self.host.emit_snapshot_rows(chunk.schema, chunk.rows.values())
         self.table_rows += len(chunk.rows)
-        self.reader.metrics.snapshot_rows.inc(len(chunk.rows))
         req = self.requests[0]
         table = req.tables[0]
-        size = self.reader.settings.snapshot_chunk_size
-        if chunk.size < size:
+        if chunk.size < self.chunk_size:
             log.info("event=resnapshot_table_done table=%s rows=%d", table, self.table_rows)
             req.tables.popleft()
             self.after = None
@@ -232,7 +267,7 @@ class IncrementalSnapshot:
 
     def _finish(self) -> None:
         log.info("event=resnapshot_done signals=%s", self._signal_ids)
-        sig = sql.Identifier(self.reader.signal_schema, self.reader.signal_name)
+        sig = sql.Identifier(*self.signal_table)
         self.conn.execute(
             sql.SQL("DELETE FROM {} WHERE id = ANY(%s) OR type IN (%s, %s)").format(sig),
             (self._signal_ids, OPEN, CLOSE),
@@ -241,16 +276,14 @@ class IncrementalSnapshot:
         self.confirm_ceiling = None
 
     def _watermark(self, kind: str, chunk_id: str, table: str) -> None:
-        sig = sql.Identifier(self.reader.signal_schema, self.reader.signal_name)
+        sig = sql.Identifier(*self.signal_table)
         self.conn.execute(
             sql.SQL("INSERT INTO {} (id, type, data) VALUES (%s, %s, %s)").format(sig),
             (f"{chunk_id}-{kind}", kind, Jsonb({"chunk": chunk_id, "table": table})),
         )
 
     def _pk(self, schema: TableSchema) -> tuple[str, ...]:
-        return self.reader._primary_keys.get((schema.schema, schema.table)) or tuple(
-            c.name for c in schema.key_columns
-        )
+        return self.host.primary_key(schema) or tuple(c.name for c in schema.key_columns)
 
 
 def _text(value: object) -> bytes | None:
@@ -261,9 +294,3 @@ def _text(value: object) -> bytes | None:
 
 def _qualify(table: str) -> str:
     return table if "." in table else f"public.{table}"
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)

@@ -3,13 +3,13 @@ a chunk row stale (the window, and transactions the chunk's read did not see).""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
+from collections.abc import Collection
 
 import pytest
 
-from pipeline.events import Column, TableSchema
-from pipeline.reader.incremental import IncrementalSnapshot, Seen, _Chunk
+from pipeline.events import Column, Row, TableSchema
+from pipeline.reader.incremental import IncrementalSnapshot, Seen, SnapshotHost, _Chunk
+from pipeline.reader.pgoutput import Relation
 
 SCHEMA = TableSchema(
     1, "public", "product_variants", (Column("id", 20, is_key=True), Column("quantity", 23))
@@ -28,11 +28,33 @@ def test_seen_parses_pg_current_snapshot_and_follows_xid_wraparound() -> None:
     assert not wrapped.saw(3) and not wrapped.saw(10)
 
 
-def _snapshot(seen: Seen, xid: int | None) -> tuple[IncrementalSnapshot, Any]:
-    reader: Any = SimpleNamespace(
-        _tx_xid=xid, _primary_keys={("public", "product_variants"): ("id",)}
+class _Host:
+    """The reader, as far as a re-snapshot sees it (:class:`SnapshotHost`)."""
+
+    def __init__(self, xid: int | None) -> None:
+        self.captured_tables = {"public.product_variants"}
+        self.transaction_xid = xid
+        self.emitted: list[Row] = []
+
+    def keyed_relation(self, rel: Relation) -> Relation:
+        return rel
+
+    def primary_key(self, schema: TableSchema) -> tuple[str, ...]:
+        return {("public", "product_variants"): ("id",)}.get((schema.schema, schema.table), ())
+
+    def emit_snapshot_rows(self, schema: TableSchema, rows: Collection[Row]) -> None:
+        self.emitted.extend(rows)
+
+
+def _snapshot(seen: Seen, xid: int | None) -> tuple[IncrementalSnapshot, _Host]:
+    reader = _Host(xid)
+    host: SnapshotHost = reader  # the fake must be what the reader is to the snapshot
+    inc = IncrementalSnapshot(
+        host,
+        None,  # type: ignore[arg-type]
+        chunk_size=3,
+        signal_table=("public", "catalog_cdc_signal"),
     )
-    inc = IncrementalSnapshot(reader, None)  # type: ignore[arg-type]
     rows = {(i,): {"id": i, "quantity": 5} for i in (1, 2, 3)}
     inc.chunk = _Chunk("c", None, SCHEMA, rows, None, 3, seen)  # type: ignore[arg-type]
     return inc, reader
