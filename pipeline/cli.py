@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     kv_cli.register(sub)
     contract_servers.register(sub)
     replay_cli.register(sub)
-    supervisor_cli.register(sub)
+    supervisor_cli.register(sub, build_parser)
     admin_cli.register(sub)
     verify_cli.register(sub)
     dashboard_cli.register(sub)

@@ -1,13 +1,20 @@
-"""``catalog-cdc run``: the whole pipeline, supervised, from one config file."""
+"""``catalog-cdc run``: the whole pipeline, supervised, from one config file.
+
+The config's command lines are checked against the whole ``catalog-cdc`` parser, which
+:mod:`pipeline.cli` builds and passes in (``build_parser``): this module does not
+import :mod:`pipeline.cli`, which imports it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 
-def register(sub: Any) -> None:
+def register(sub: Any, build_parser: Callable[[], argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
         help="run the whole pipeline (reader, assembler, consumers...) as supervised processes",
@@ -28,7 +35,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="validate the config and print what would run, without starting anything",
     )
-    p.set_defaults(handler=_run)
+    p.set_defaults(handler=functools.partial(_run, build_parser=build_parser))
 
 
 _SECRET = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
@@ -38,10 +45,9 @@ def _masked(key: str, value: str) -> str:
     return "***" if _SECRET.search(key) else value
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, *, build_parser: Callable[[], argparse.ArgumentParser]) -> int:
     import shlex
 
-    from pipeline.cli import build_parser
     from pipeline.errors import ConfigurationError
     from pipeline.supervisor.config import (
         build_services,
