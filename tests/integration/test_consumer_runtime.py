@@ -461,3 +461,74 @@ def test_records_arriving_while_fetching_is_held_are_all_delivered_once(
         pid: 70 + pid for pid in range(1, 6)
     }
     assert runtime.stats["batches"] >= 2, runtime.stats  # held between polls, not one batch
+
+
+class OutageSink(MemorySink):
+    """A target that is down (every flush a 503) until ``down`` is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = 1  # up at open
+        self.down = threading.Event()
+        self.down.set()
+
+    def flush(self) -> list[Rejected]:
+        if self.down.is_set():
+            self.flushes += 1
+            raise TransientSinkError("503 from the target")
+        return super().flush()
+
+
+def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer(consumer_config(bootstrap, group))
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return [tp.offset for tp in consumer.committed(tps, timeout=10)]
+    finally:
+        consumer.close()
+
+
+def test_an_outage_longer_than_max_poll_interval_keeps_the_member_in_its_group(
+    kafka_bootstrap: str, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fault: the target is down for 10 s, with ``max.poll.interval.ms`` at 6 s.  A
+    consumer that waited out the outage in a sleep would be evicted by librdkafka
+    (``MAX_POLL_EXCEEDED``) and its commit after the outage refused; the runtime polls
+    with its partitions paused instead, so it stays in the group, nothing is lost and
+    the batch is committed at once when the target comes back."""
+    _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, i)) for i in range(1, 5)])
+    sink = OutageSink()
+    runtime = ConsumerRuntime(
+        sink,
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        settings=RuntimeSettings(
+            poll_timeout=0.2,
+            backoff_initial=0.5,
+            backoff_max=1.0,
+            consumer_overrides={"max.poll.interval.ms": 6000, "session.timeout.ms": 6000},
+        ),
+    )
+    with caplog.at_level("WARNING"), running(runtime):
+        deadline = time.monotonic() + 30
+        while sink.flushes < 1:
+            assert time.monotonic() < deadline, "the runtime never tried to flush"
+            time.sleep(0.05)
+        time.sleep(10.0)  # longer than max.poll.interval.ms
+        assert sink.store == {}
+        retries_during_outage = runtime.stats["retries"]
+        sink.down.clear()
+        deadline = time.monotonic() + 30
+        while len(sink.store) < 4:
+            assert time.monotonic() < deadline, f"not written after the outage: {runtime.stats}"
+            time.sleep(0.05)
+        topic = doc_topic(topic_prefix, "product")
+        while sum(_committed(kafka_bootstrap, runtime.group, topic, 2)) < 4:
+            assert time.monotonic() < deadline, "the batch was not committed after the outage"
+            time.sleep(0.2)
+    assert retries_during_outage >= 5
+    assert sorted(sink.store) == [1, 2, 3, 4]
+    assert "commit_failures" not in runtime.stats, runtime.stats
+    assert "stalls" not in runtime.stats, runtime.stats
+    evicted = [r.getMessage() for r in caplog.records if "MAX_POLL" in r.getMessage().upper()]
+    assert not evicted, evicted
