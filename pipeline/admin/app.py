@@ -3,12 +3,18 @@
 Endpoints (docs/admin-api.md; the OpenAPI document is served at ``/openapi.json``):
 
 * ``POST /v1/products/search/sync/`` -- the search-sync seed, to the letter: admin
-  token, 503 ``{"error": "Elasticsearch is not available"}`` when Elasticsearch does
-  not answer (checked before accepting), else 200 ``{"message": "Product sync
-  started. This may take a few minutes."}`` and a search replay in the background.
+  token, 503 ``{"error": "Elasticsearch is not available"}`` when the target of the
+  consumer it rebuilds (``AdminSettings.search_consumer``) does not answer (checked
+  before accepting), else 200 ``{"message": "Product sync started. This may take a few
+  minutes."}`` and a replay of that consumer in the background.
 * ``POST /v1/replay/{consumer}`` (admin) -> 202 and a job; ``GET /v1/jobs``,
   ``GET /v1/jobs/{id}``, ``GET /v1/status`` (reader or admin).
 * ``GET /metrics``, ``GET /healthz``, ``GET /openapi.json``: no token.
+
+No consumer is singled out by name: the admin builds each consumer's sink through the
+registry (:class:`~pipeline.admin.sinks.ConsumerSinks`) and asks it for its
+capabilities -- a :class:`~consumers.capabilities.TargetProbe` says whether its target
+answers (503 when it does not) and how much it holds (``product_count``).
 
 Tokens: ``Authorization: Token <token>`` (the seed's scheme; ``Bearer`` works too).
 No or an unknown token: 401 ``{"error": "Unauthorized"}``; a reader token on an
@@ -44,6 +50,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.admin.jobs import Job, JobConflict, JobManager, JobRequest, Runner
+from pipeline.admin.sinks import ConsumerSinks
 from pipeline.admin.status import KafkaUnavailable, StatusReader
 from pipeline.admin.tokens import Role, Token, TokenStore
 from pipeline.settings import ConnectionSettings
@@ -53,7 +60,7 @@ log = logging.getLogger(__name__)
 __all__ = ["AdminContext", "AdminSettings", "create_app", "replay_runner"]
 
 SYNC_MESSAGE = "Product sync started. This may take a few minutes."
-ES_UNAVAILABLE = "Elasticsearch is not available"
+ES_UNAVAILABLE = "Elasticsearch is not available"  # the seed's words (its sync endpoint)
 UNAUTHORIZED = "Unauthorized"
 FORBIDDEN = "Forbidden - Admin access required"
 
@@ -68,18 +75,33 @@ class AdminSettings(BaseSettings):
     tokens_file: Path = Field(
         default=Path(".catalog-cdc/admin-tokens.json"), description="the hashed token file"
     )
-    index_prefix: str | None = Field(
-        default=None,
-        description="search index prefix for the sync endpoint (default: topic prefix)",
+    search_consumer: str = Field(
+        default="search",
+        description="the consumer POST /v1/products/search/sync/ rebuilds (a replay of it)",
     )
-    es_timeout: float = Field(
-        default=5.0, gt=0, description="seconds the Elasticsearch availability check waits"
+    consumer_options: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="per consumer, the options its sink is built with here and its replays "
+        'start from (JSON in the environment: {"NAME": {"key": "value"}}; on the command '
+        "line: --option NAME.key=value)",
+    )
+    probe_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds a target probe (available? how many documents?) may take",
     )
     kafka_timeout: float = Field(default=5.0, gt=0, description="seconds a Kafka query waits")
     grace: float = Field(
-        default=30.0, ge=0, description="seconds a search replay keeps the old index generation"
+        default=30.0,
+        ge=0,
+        description="seconds a replay that swaps in a new target generation keeps the old one",
     )
     job_history: int = Field(default=100, ge=1, description="finished jobs kept in memory")
+
+
+def target_unavailable(consumer: str) -> str:
+    """The 503 of a replay whose consumer's target does not answer."""
+    return f"the target of consumer {consumer!r} is not available"
 
 
 # -- bodies (they make the OpenAPI document) -----------------------------------------------
@@ -205,25 +227,16 @@ class AdminContext:
     tokens: TokenStore
     jobs: JobManager
     status: StatusReader
-    es: Any  # elasticsearch.Elasticsearch (None: no URL configured)
+    sinks: ConsumerSinks
+    """Each consumer's sink, built through the registry with the admin's settings."""
     consumers: Callable[[], Mapping[str, str]]
     metrics: Metrics
 
-    def search_options(self) -> dict[str, str]:
-        return {"index_prefix": self.settings.index_prefix} if self.settings.index_prefix else {}
-
-    def elasticsearch_available(self) -> bool:
-        if self.es is None:
-            return False
-        from elasticsearch import ApiError as EsApiError
-        from elasticsearch import TransportError
-
-        try:
-            self.es.info()
-        except (EsApiError, TransportError) as exc:
-            log.warning("event=admin_elasticsearch_unavailable error=%s", exc)
-            return False
-        return True
+    def close(self) -> None:
+        """Stop the jobs (they keep their positions), then close the clients and sinks."""
+        self.jobs.shutdown()
+        self.status.close()
+        self.sinks.close()
 
 
 class Metrics:
@@ -290,9 +303,8 @@ def build_context(
     runner: Runner | None = None,
     consumers: Callable[[], Mapping[str, str]] | None = None,
 ) -> AdminContext:
-    """Everything the app needs, from the settings (Kafka clients, Elasticsearch client)."""
-    from elasticsearch import Elasticsearch
-
+    """Everything the app needs, from the settings (Kafka clients; the consumers' sinks
+    are built when first asked about)."""
     from consumers.registry import available
 
     metrics = Metrics()
@@ -302,23 +314,28 @@ def build_context(
         on_finish=metrics.finished,
     )
     metrics.jobs_running.set_function(lambda: sum(1 for j in jobs.all() if j.active))
-    url = connections.elasticsearch_url
-    es = Elasticsearch(url, request_timeout=settings.es_timeout, max_retries=0) if url else None
     status = StatusReader(
         connections.require("kafka_bootstrap"),
         connections.topic_prefix,
-        index_prefix=settings.index_prefix or connections.topic_prefix,
-        es=es,
         timeout=settings.kafka_timeout,
     )
+    sinks = ConsumerSinks(connections, settings.consumer_options, timeout=settings.probe_timeout)
+    installed = consumers or available
+    for name in sorted({settings.search_consumer, *settings.consumer_options} - set(installed())):
+        log.warning(
+            "event=admin_consumer_not_installed consumer=%s installed=%s hint=%s",
+            name,
+            ",".join(sorted(installed())) or "none",
+            "check CATALOG_CDC_ADMIN_SEARCH_CONSUMER / CONSUMER_OPTIONS",
+        )
     return AdminContext(
         settings,
         connections,
         TokenStore(settings.tokens_file),
         jobs,
         status,
-        es,
-        consumers or available,
+        sinks,
+        installed,
         metrics,
     )
 
@@ -382,8 +399,7 @@ def create_app(ctx: AdminContext) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        ctx.jobs.shutdown()
-        ctx.status.close()
+        ctx.close()
 
     app = FastAPI(
         title="catalog-cdc admin API",
@@ -458,26 +474,36 @@ def create_app(ctx: AdminContext) -> FastAPI:
     @app.post(
         "/v1/products/search/sync/",
         summary="Sync products to Elasticsearch (a full search replay, in the background)",
-        description="Rebuilds the search index from the document topics: a new index "
-        "generation, swapped in by alias when caught up. Responds at once; progress is in "
-        "the logs and at the job (headers Location and X-Job-Id). A sync already running "
-        "is not started twice: the answer is the same, naming that job.",
+        description="Rebuilds the search index from the document topics (a replay of the "
+        "consumer CATALOG_CDC_ADMIN_SEARCH_CONSUMER names): a new index generation, swapped "
+        "in by alias when caught up. Responds at once; progress is in the logs and at the "
+        "job (headers Location and X-Job-Id). A sync already running is not started twice: "
+        "the answer is the same, naming that job.",
         response_model=SyncAccepted,
         responses=_errors(401, 403, 503),
         tags=["search"],
     )
     def search_sync(_token: AdminToken, response: Response) -> SyncAccepted:
-        if not ctx.elasticsearch_available():
+        consumer = ctx.settings.search_consumer
+        # Nothing is started unless the consumer's sink can be built and its target
+        # answers (a sink that is no TargetProbe: nothing says it does not).
+        if consumer not in ctx.consumers() or not ctx.sinks.available(consumer):
+            log.warning(
+                "event=search_sync_refused consumer=%s reason=%r",
+                consumer,
+                ctx.sinks.reason(consumer) or "its target does not answer",
+            )
             raise ApiError(503, ES_UNAVAILABLE)
-        job = ctx.jobs.active("search")
+        job = ctx.jobs.active(consumer)
         if job is None:
+            options = ctx.sinks.options_for(consumer)
             with contextlib.suppress(ApiError):  # another request started one meanwhile
-                job = start(JobRequest("search", kind="search_sync", options=ctx.search_options()))
-            job = job or ctx.jobs.active("search")
+                job = start(JobRequest(consumer, kind="search_sync", options=options))
+            job = job or ctx.jobs.active(consumer)
         if job is not None:
             response.headers["Location"] = f"/v1/jobs/{job.id}"
             response.headers["X-Job-Id"] = job.id
-        log.info("event=search_sync_accepted job=%s", job.id if job else "-")
+        log.info("event=search_sync_accepted consumer=%s job=%s", consumer, job.id if job else "-")
         return SyncAccepted(message=SYNC_MESSAGE)
 
     @app.post(
@@ -485,8 +511,10 @@ def create_app(ctx: AdminContext) -> FastAPI:
         status_code=202,
         summary="Replay a consumer: rebuild its sink from the document topics",
         description="Starts a replay job (one per consumer at a time) and answers with it; "
-        "poll GET /v1/jobs/{id}. Search: a new index generation swapped in by alias; the "
-        "hosted search service: a full import; the others: everything re-sent as upserts.",
+        "poll GET /v1/jobs/{id}. What a replay does is the consumer's replay plan (e.g. a "
+        "new index generation swapped in by alias, a full import); without one, everything "
+        "is re-sent as upserts. 503 when the consumer's sink probes its target and it does "
+        "not answer.",
         response_model=JobModel,
         responses=_errors(401, 403, 404, 409, 422, 503),
         tags=["jobs"],
@@ -503,13 +531,13 @@ def create_app(ctx: AdminContext) -> FastAPI:
         installed(consumer)
         body = body or ReplayRequest()
         running = ctx.jobs.active(consumer)
-        if running is not None:  # before asking Elasticsearch: the cheaper answer
+        if running is not None:  # before probing the target: the cheaper answer
             raise ApiError(409, str(JobConflict(running)), job_id=running.id)
-        if consumer == "search" and not ctx.elasticsearch_available():
-            raise ApiError(503, ES_UNAVAILABLE)
-        options = dict(body.options)
-        if consumer == "search":
-            options = {**ctx.search_options(), **options}
+        # False only for a TargetProbe that does not answer; a sink that cannot be built
+        # with the admin's options (None) is left to the replay, whose error the job shows.
+        if ctx.sinks.available(consumer) is False:
+            raise ApiError(503, target_unavailable(consumer))
+        options = {**ctx.sinks.options_for(consumer), **body.options}
         job = start(
             JobRequest(consumer, from_time=body.from_time, dry_run=body.dry_run, options=options)
         )
@@ -552,8 +580,9 @@ def create_app(ctx: AdminContext) -> FastAPI:
         tags=["status"],
     )
     def status(_token: ReaderToken) -> StatusBody:
+        names = sorted(ctx.consumers())
         try:
-            body = ctx.status.status(ctx.consumers(), ctx.jobs)
+            body = ctx.status.status(names, ctx.jobs, ctx.sinks.counts(names))
         except KafkaUnavailable as exc:
             raise ApiError(503, f"Kafka is not available: {exc}") from exc
         return StatusBody.model_validate(body)

@@ -13,7 +13,8 @@ def register(sub: Any) -> None:
         help="the admin HTTP API (search sync, replays, jobs, status) and its tokens",
         description="serve: the admin HTTP API (docs/admin-api.md; binds 127.0.0.1 by "
         "default). token: the API's tokens, stored hashed with a role (admin | reader). "
-        "Settings: CATALOG_CDC_ADMIN_* (host, port, tokens_file, index_prefix, ...).",
+        "Settings: CATALOG_CDC_ADMIN_* (host, port, tokens_file, search_consumer, "
+        "consumer_options, ...).",
     )
     asub = p.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
 
@@ -22,6 +23,14 @@ def register(sub: Any) -> None:
     s.add_argument("--port", type=int, help="port (default 8080; 0: any free port)")
     s.add_argument(
         "--tokens", metavar="FILE", help="the token file (default .catalog-cdc/admin-tokens.json)"
+    )
+    s.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="CONSUMER.KEY=VALUE",
+        help="an option of one consumer's sink, as the admin builds it and starts its "
+        "replays (repeatable; wins over CATALOG_CDC_ADMIN_CONSUMER_OPTIONS)",
     )
     s.set_defaults(handler=_serve)
 
@@ -45,10 +54,40 @@ def register(sub: Any) -> None:
     rev.set_defaults(handler=_token_revoke)
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from pipeline.admin.app import AdminSettings
+RETIRED = {
+    "CATALOG_CDC_ADMIN_INDEX_PREFIX": "CATALOG_CDC_ADMIN_CONSUMER_OPTIONS="
+    '\'{"NAME": {"index_prefix": "..."}}\' or --option NAME.index_prefix=...',
+    "CATALOG_CDC_ADMIN_ES_TIMEOUT": "CATALOG_CDC_ADMIN_PROBE_TIMEOUT",
+}
+"""Settings that named one consumer's target, and what replaced them."""
 
-    overrides = {
+
+def consumer_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """``--option CONSUMER.KEY=VALUE`` arguments as ``{consumer: {key: value}}``."""
+    from pipeline.errors import ConfigurationError
+
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        target, eq, value = item.partition("=")
+        consumer, dot, key = target.partition(".")
+        if not eq or not dot or not consumer.strip() or not key.strip():
+            raise ConfigurationError(
+                f"--option {item!r}: expected CONSUMER.KEY=VALUE (e.g. NAME.index_prefix=shop)"
+            )
+        out.setdefault(consumer.strip(), {})[key.strip()] = value
+    return out
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    import os
+
+    from pipeline.admin.app import AdminSettings
+    from pipeline.errors import ConfigurationError
+
+    for name, instead in RETIRED.items():
+        if name in os.environ:
+            raise ConfigurationError(f"{name} is no longer read: use {instead} (docs/admin-api.md)")
+    overrides: dict[str, Any] = {
         k: v
         for k, v in (
             ("host", getattr(args, "host", None)),
@@ -57,7 +96,14 @@ def _settings(args: argparse.Namespace) -> Any:
         )
         if v is not None
     }
-    return AdminSettings(**overrides)
+    settings = AdminSettings(**overrides)
+    given = consumer_options(getattr(args, "option", None) or [])
+    if given:
+        merged = {n: dict(o) for n, o in settings.consumer_options.items()}
+        for name, opts in given.items():
+            merged.setdefault(name, {}).update(opts)
+        settings = settings.model_copy(update={"consumer_options": merged})
+    return settings
 
 
 def _store(args: argparse.Namespace) -> Any:

@@ -19,19 +19,20 @@ Per consumer ``NAME`` (every installed one), from its consumer group
 
 * ``full_import``: ``start`` while a replay job (not a dry run) of the consumer is
   queued or running, else ``done``.
-* ``product_count``: search: ``_count`` of the live alias ``{index_prefix}-products``
-  (null when Elasticsearch does not answer); every other consumer: the live product
-  documents (keys whose newest message is not a tombstone) on
-  ``{prefix}.doc.products`` -- what the sink holds once its lag is 0.  Counted by an
-  incremental read of the keys only (each call reads just what arrived since).
+* ``product_count``: for a consumer whose sink is a
+  :class:`~consumers.capabilities.TargetProbe`, its ``target_count()`` (passed in as
+  ``target_counts``; null when the target cannot tell or does not answer); for every
+  other consumer, the live product documents (keys whose newest message is not a
+  tombstone) on ``{prefix}.doc.products`` -- what the sink holds once its lag is 0.
+  Counted by an incremental read of the keys only (each call reads just what arrived
+  since).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,8 +50,6 @@ from pipeline.admin.jobs import JobManager
 from pipeline.errors import CatalogCdcError
 from pipeline.kafka import consumer_config
 from pipeline.topics import doc_topic
-
-log = logging.getLogger(__name__)
 
 __all__ = ["KafkaUnavailable", "StatusReader"]
 
@@ -75,13 +74,9 @@ class StatusReader:
         bootstrap: str,
         prefix: str,
         *,
-        index_prefix: str,
-        es: Any,
         timeout: float = 5.0,
     ) -> None:
         self.prefix = prefix
-        self.index_prefix = index_prefix
-        self.es = es
         self.timeout = timeout
         self._lock = threading.Lock()
         self._admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -171,26 +166,17 @@ class StatusReader:
             self._consumer.unassign()
         return len(state.alive)
 
-    # -- Elasticsearch --------------------------------------------------------------------
-
-    def _search_count(self) -> int | None:
-        from elasticsearch import ApiError, NotFoundError, TransportError
-
-        from consumers.search.mapping import alias
-
-        if self.es is None:
-            return None
-        try:
-            return int(self.es.count(index=alias(self.index_prefix))["count"])
-        except NotFoundError:
-            return 0  # no index yet: nothing imported
-        except (ApiError, TransportError) as exc:
-            log.warning("event=admin_status_search_count_failed error=%s", exc)
-            return None
-
     # -- the document ---------------------------------------------------------------------
 
-    def status(self, consumers: Iterable[str], jobs: JobManager) -> dict[str, Any]:
+    def status(
+        self,
+        consumers: Iterable[str],
+        jobs: JobManager,
+        target_counts: Mapping[str, int | None] | None = None,
+    ) -> dict[str, Any]:
+        """The document of ``GET /v1/status``; ``target_counts``: the ``product_count`` of
+        the consumers whose targets tell it (the others count from the topic)."""
+        counts = target_counts or {}
         names = sorted(consumers)
         groups = {n: f"{self.prefix}-{n}" for n in names}
         with self._lock:
@@ -232,7 +218,7 @@ class StatusReader:
                 state = "normal"
             else:
                 state = "updating" if members.get(group) else "update"
-            count = self._search_count() if name == "search" else live
+            count = counts.get(name, live)
             out[name] = {
                 "status": state,
                 "full_import": "start" if running is not None else "done",

@@ -1,5 +1,6 @@
 """The admin HTTP API on the real stack: auth matrix, 503 without Elasticsearch, a real
-search sync into the alias, 409 for a second replay, status and lag, hashed tokens.
+search sync into the alias, 409 for a second replay, status and lag, hashed tokens; the
+sync endpoint rebuilding whichever consumer the admin's settings name.
 
 The server runs in-process (uvicorn in a thread, on a free port) except for the 503
 test, which runs ``catalog-cdc admin serve`` with ``CATALOG_CDC_ELASTICSEARCH_URL``
@@ -201,7 +202,10 @@ def test_sync_answers_503_when_elasticsearch_is_unavailable(
             r = c.post("/v1/products/search/sync/", headers=auth(admin))
             assert (r.status_code, r.json()) == (503, {"error": "Elasticsearch is not available"})
             r = c.post("/v1/replay/search", headers=auth(admin))
-            assert (r.status_code, r.json()) == (503, {"error": "Elasticsearch is not available"})
+            assert (r.status_code, r.json()) == (
+                503,
+                {"error": "the target of consumer 'search' is not available"},
+            )
             # Auth comes first; the read-only endpoints still answer.
             assert c.post("/v1/products/search/sync/").status_code == 401
             assert c.post("/v1/products/search/sync/", headers=auth(reader)).status_code == 403
@@ -212,7 +216,7 @@ def test_sync_answers_503_when_elasticsearch_is_unavailable(
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
-    assert "event=admin_elasticsearch_unavailable" in out
+    assert "event=admin_target_unavailable consumer=search" in out
 
 
 def test_sync_rebuilds_the_index_and_a_second_replay_conflicts(
@@ -302,3 +306,26 @@ def test_status_lag_and_vocabulary(
         assert job["state"] == "failed" and "private_key" in job["error"]
         s = c.get("/v1/status", headers=auth(reader)).json()["consumers"]["search-service"]
         assert s["status"] == "error" and s["job"] == {"id": job["id"], "state": "failed"}
+
+
+def test_the_sync_endpoint_rebuilds_the_consumer_the_settings_name(
+    kafka_bootstrap: str, topic_prefix: str, es_url: str, tmp_path: Path
+) -> None:
+    """CATALOG_CDC_ADMIN_SEARCH_CONSUMER and CONSUMER_OPTIONS: the sync endpoint replays
+    another consumer (one that is no TargetProbe: nothing to probe, so no 503), with the
+    options the admin gives it; its product_count then comes from the topic."""
+    _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, 10 + i)) for i in range(1, 6)])
+    out = tmp_path / "synced.jsonl"
+    ctx = context(tmp_path, kafka_bootstrap, topic_prefix, es_url, search_consumer="jsonl",
+                  consumer_options={"jsonl": {"path": str(out), "kinds": "product"}})  # fmt: skip
+    _, admin, reader = make_tokens(tmp_path / "tokens.json")
+    with serving(ctx) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/v1/products/search/sync/", headers=auth(admin))
+        assert (r.status_code, r.json()) == (200, {"message": SYNC_MESSAGE})
+        job = wait_job(c, r.headers["X-Job-Id"], admin)
+        assert (job["state"], job["kind"], job["consumer"]) == ("done", "search_sync", "jsonl")
+        assert job["result"]["records"] == 5
+        status = c.get("/v1/status", headers=auth(reader)).json()["consumers"]
+        assert status["jsonl"]["product_count"] == 5  # from the topic: jsonl is no probe
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["id"] for line in lines) == [1, 2, 3, 4, 5]
