@@ -10,14 +10,17 @@ and the webhooks outbox is empty.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from pipeline.errors import CatalogCdcError
 from pipeline.supervisor.config import load_config
+
+if TYPE_CHECKING:
+    from pipeline.settings import ConnectionSettings
 
 
 def wait_reader(config_path: Path, timeout: float) -> int:
@@ -61,16 +64,44 @@ def wait_reader(config_path: Path, timeout: float) -> int:
 # -- wait-groups ----------------------------------------------------------------------
 
 
-def consumer_topics(name: str, prefix: str) -> list[str]:
-    """The topics consumer ``name`` reads: the document topics of its sink's ``kinds``,
-    the raw topics of its ``raw_tables`` (what the runtime subscribes to)."""
-    from consumers.registry import load
+def consumer_topics(
+    name: str,
+    prefix: str,
+    options: Mapping[str, str] | None = None,
+    connections: ConnectionSettings | None = None,
+) -> list[str]:
+    """The topics consumer ``name`` reads, as the runtime subscribes them: the document
+    topics of its sink's ``kinds``, and the raw topics of its ``raw_tables`` when the
+    sink is a :class:`~consumers.capabilities.RawInput`.
+
+    The sink is built through the registry (never opened) with ``options`` and
+    ``connections`` (default: the environment, else the local stack, as the consumers
+    see them), topic prefix ``prefix``.  A sink that cannot be built without the
+    options its run gives it (``options`` not passed: the caller has none) is answered
+    from what its class declares -- the ``Sink.from_context`` factory's class."""
+    from consumers.capabilities import RawInput
+    from consumers.registry import SinkContext, load
+    from pipeline.settings import load_connections
     from pipeline.topics import doc_topic, raw_topic
 
     factory = load(name)
-    sink = getattr(factory, "__self__", factory)  # the class of a `Sink.from_context`
-    kinds = getattr(sink, "kinds", ("product", "category"))
-    raw = getattr(sink, "raw_tables", ())
+    conns = (connections or load_connections()).model_copy(update={"topic_prefix": prefix})
+    try:
+        sink = factory(SinkContext(conns, dict(options or {})))
+    except CatalogCdcError:
+        if options is not None:
+            raise
+        declared = getattr(factory, "__self__", None)  # the class of `Sink.from_context`
+        if declared is None:
+            raise
+        kinds: Sequence[str] = declared.kinds
+        raw: Sequence[str] = declared.raw_tables if isinstance(declared, RawInput) else ()
+    else:
+        try:
+            kinds = tuple(sink.kinds)
+            raw = tuple(sink.raw_tables) if isinstance(sink, RawInput) else ()
+        finally:
+            sink.close()
     return [doc_topic(prefix, k) for k in kinds] + [raw_topic(prefix, t) for t in raw]
 
 
