@@ -17,11 +17,14 @@ def register(sub: Any) -> None:
         help="rebuild a consumer's target from the document topics, beside the live one",
         description=(
             "Rebuild CONSUMER's target from the document topics while the live consumer "
-            "keeps running. search: a new index generation, then an atomic alias swap, the "
-            "old generation deleted after --grace; search-service: a full import "
-            "(full_import=start ... done); every other consumer: everything re-sent as "
-            "idempotent upserts. Shows documents/s and ETA; an interrupted replay resumes "
-            "(its positions are in --state). Exit 0 when done, 1 on error."
+            "keeps running. How is the consumer's own: a sink with a replay plan follows it "
+            "(search: a new index generation, then an atomic alias swap, the old one "
+            "deleted after --grace; jsonl: a new file renamed over the live one), a sink "
+            "with a full-import protocol uses it (search-service: full_import=start ... "
+            "done), every other one gets everything re-sent as idempotent upserts. What "
+            "the target refuses goes to the consumer's dead-letter topic. Shows documents/s "
+            "and ETA; an interrupted replay resumes (its positions are in --state). Exit 0 "
+            "when done, 1 on error."
         ),
     )
     p.add_argument("consumer", help="the consumer (see `catalog-cdc consume --list`)")
@@ -37,7 +40,7 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--grace", type=float, default=30.0, metavar="SECONDS",
-        help="search: keep the old generation this long after the swap (default 30)",
+        help="seconds a replay plan keeps the old target generation after the switch (default 30)",
     )  # fmt: skip
     p.add_argument("--state", help="resume file (default <stack dir>/replay/<prefix>-<name>.json)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
