@@ -54,7 +54,8 @@ class RawInput(Protocol):
     undecodable message is poison, a :class:`~consumers.contract.Rejected` raw record
     goes to the dead-letter topic."""
 
-    raw_tables: Sequence[str]
+    @property
+    def raw_tables(self) -> Sequence[str]: ...
 
     def add_raw(self, records: Sequence[RawRecord]) -> None: ...
 
@@ -142,7 +143,8 @@ class Unverifiable(Protocol):
     """Its target cannot be listed: ``verify_unsupported`` says why, and what can be
     checked instead (``catalog-cdc verify`` prints it and exits 2)."""
 
-    verify_unsupported: str
+    @property
+    def verify_unsupported(self) -> str: ...
 
 
 @runtime_checkable

@@ -99,9 +99,15 @@ class TransientSinkError(SinkError):
 class Sink(Protocol):
     """What a consumer implements.  ``name`` names its group and dead-letter topic."""
 
-    name: str
-    kinds: Sequence[str]
-    """Which document topics to read: ``"product"`` and/or ``"category"``."""
+    @property
+    def name(self) -> str:
+        """Names the consumer's group and dead-letter topic."""
+        ...
+
+    @property
+    def kinds(self) -> Sequence[str]:
+        """Which document topics to read: ``"product"`` and/or ``"category"``."""
+        ...
 
     def open(self) -> None:
         """Connect; raise :class:`TransientSinkError` while the target is unreachable."""
