@@ -2,8 +2,9 @@
 
 No distribution tarball: ``java/opensearch/pom.xml`` names the server jar and the
 modules the project's mapping and queries need (netty4 HTTP/transport, mapper-extras
-for ``scaled_float``, analysis-common, painless, reindex, parent-join); Maven resolves
-them from Maven Central once into a cache outside the checkout, and
+for ``scaled_float``, analysis-common, painless, reindex, parent-join);
+:mod:`pipeline.stack.maven` resolves them from Maven Central once into its cache outside
+the checkout, and
 ``java/opensearch/Launcher.java`` runs as a single source file (``java -cp 'lib/*'
 Launcher.java``, no build step) that starts an ``org.opensearch.node.Node`` with those
 plugins, ``discovery.type=single-node``, HTTP and transport on free 127.0.0.1 ports.
@@ -17,15 +18,11 @@ output goes to ``<stack>/opensearch.log``.  Every start-up failure is one
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import os
 import shlex
-import shutil
 import socket
-import subprocess
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,23 +30,16 @@ from opensearchpy import OpenSearch
 
 from pipeline.errors import StackError
 from pipeline.stack.brokers import ProcessService
+from pipeline.stack.maven import fetch_classpath, java_executable
 from pipeline.stack.process import pid_runs, port_is_free
 from pipeline.stack.state import ServiceState
 
-__all__ = [
-    "LAUNCHER",
-    "OPENSEARCH_VERSION",
-    "POM",
-    "OpenSearchService",
-    "fetch_jars",
-    "opensearch_info",
-]
+__all__ = ["LAUNCHER", "OPENSEARCH_VERSION", "POM", "OpenSearchService", "opensearch_info"]
 
 OPENSEARCH_VERSION = "2.19.6"
 JAVA_DIR = Path(__file__).resolve().parent / "java" / "opensearch"
 POM = JAVA_DIR / "pom.xml"
 LAUNCHER = JAVA_DIR / "Launcher.java"
-DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
 
 # A packaged 2.19 node's jvm.options, less what only a big dedicated host wants
 # (AlwaysPreTouch, heap dumps, GC logs).
@@ -71,86 +61,6 @@ JVM_OPTIONS = (
 )
 
 _LAUNCHER_MARK = "opensearch launcher: "
-
-
-def default_cache_dir() -> Path:
-    """Where fetched jars are kept: ``CATALOG_CDC_MAVEN_CACHE``, else the user's cache
-    directory (``$XDG_CACHE_HOME`` or ``~/.cache``) ``/catalog-cdc/maven``: outside any
-    checkout, so a second checkout or a CI run on the same machine does not fetch again."""
-    env = os.environ.get("CATALOG_CDC_MAVEN_CACHE")
-    if env:
-        return Path(env).expanduser().resolve()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "catalog-cdc" / "maven"
-
-
-def fetch_jars(pom: Path, log_file: Path, cache_dir: Path | None = None) -> Path:
-    """The directory of every runtime jar ``pom`` names, fetched by Maven on first use.
-
-    Keyed by the POM's content (an edited POM fetches again), written to a temporary
-    directory and renamed into place, under a lock file: concurrent callers wait for
-    one fetch, and an interrupted fetch leaves nothing that looks complete.  Maven's own
-    repository (``~/.m2``) is shared with every other Maven use on the machine.
-    """
-    root = cache_dir or default_cache_dir()
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
-    target = root / f"{pom.parent.name}-{digest}"
-    lib = target / "lib"
-    if (target / "complete").is_file():
-        return lib
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise StackError(
-            f"{pom.parent.name}: Maven (mvn) is not installed, needed once to fetch {pom}: "
-            "apt-get install maven"
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "complete").is_file():
-            return lib
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-        argv = [
-            mvn, "-B", "-q", "-f", str(pom),
-            f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-            f"-DoutputDirectory={tmp / 'lib'}",
-            "-DincludeScope=runtime",
-        ]  # fmt: skip
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        with open(log_file, "a") as fh:
-            fh.write(f"\n--- fetching {pom} at {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n")
-            fh.flush()
-            proc = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, check=False
-            )
-        if proc.returncode != 0 or not (tmp / "lib").is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise StackError(
-                f"{pom.parent.name}: Maven could not resolve {pom.name} (exit {proc.returncode}; "
-                f"is Maven Central reachable?): command `{shlex.join(argv)}`; log {log_file}"
-            )
-        (tmp / "complete").write_text(f"fetched in {time.monotonic() - started:.1f}s\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    return lib
-
-
-def find_java() -> str:
-    """``$JAVA_HOME/bin/java`` when JAVA_HOME is set, else ``java`` on PATH."""
-    home = os.environ.get("JAVA_HOME")
-    if home:
-        candidate = Path(home) / "bin" / "java"
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-        raise StackError(f"opensearch: JAVA_HOME={home} has no bin/java: unset it or fix it")
-    found = shutil.which("java")
-    if not found:
-        raise StackError(
-            "opensearch: Java is not installed (no `java` on PATH, no JAVA_HOME): "
-            "apt-get install openjdk-17-jdk-headless"
-        )
-    return found
 
 
 def opensearch_info(url: str, timeout: float = 3.0) -> dict[str, str]:
@@ -198,8 +108,10 @@ class OpenSearchService(ProcessService):
         ports: dict[str, int] | None = None,
         cache_dir: Path | None = None,
         pom: Path = POM,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(stack_dir)
+        self.progress = progress
         self.heap_min = heap_min
         self.heap_max = heap_max
         self.fixed_ports = dict(ports or {})
@@ -209,14 +121,14 @@ class OpenSearchService(ProcessService):
     # -- ProcessService ------------------------------------------------------------------
 
     def executable(self) -> str:
-        return find_java()
+        return java_executable(self.name)
 
     def port_names(self) -> tuple[str, ...]:
         return ("http", "transport")
 
     def jars(self) -> Path:
-        """The node's jar directory (fetched on first use; Maven's output in the log)."""
-        return fetch_jars(self.pom, self.log_file, self.cache_dir)
+        """The node's jar directory, fetched once (pipeline/stack/maven.py's cache)."""
+        return fetch_classpath(self.pom, self.name, self.progress, cache_dir=self.cache_dir)
 
     def argv(self, exe: str, ports: dict[str, int]) -> list[str]:
         return [

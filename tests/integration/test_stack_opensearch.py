@@ -38,11 +38,11 @@ from pipeline.documents.model import (
     Variant,
 )
 from pipeline.errors import StackError
+from pipeline.stack.maven import cached_classpath
 from pipeline.stack.opensearch import (
     OPENSEARCH_VERSION,
     POM,
     OpenSearchService,
-    default_cache_dir,
 )
 from pipeline.stack.state import ServiceState
 
@@ -74,7 +74,7 @@ class Node:
 
 
 def _jars_cached() -> bool:
-    return any((d / "complete").is_file() for d in default_cache_dir().glob("opensearch-*"))
+    return cached_classpath(POM, "opensearch") is not None
 
 
 def _rss_mb(pid: int) -> float:
@@ -451,7 +451,7 @@ def test_no_java_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StackError) as exc:
         OpenSearchService(tmp_path).start(ServiceState())
-    assert "Java is not installed" in _one_line(exc)
+    assert "opensearch: Java (`java`) is not installed" in _one_line(exc)
 
 
 def test_a_pinned_port_that_is_taken_is_one_line(tmp_path: Path) -> None:
@@ -479,9 +479,9 @@ def test_maven_that_cannot_resolve_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(StackError) as exc:
         svc.start(ServiceState())
     message = _one_line(exc)
-    assert "Maven could not resolve pom.xml" in message
-    assert "copy-dependencies" in message and str(svc.log_file) in message
-    assert not list((tmp_path / "cache").glob("opensearch-*/complete"))
+    assert message.startswith("opensearch: Maven could not resolve the jars")
+    assert "0.0.404" in message and "copy-dependencies" in message and ".mvn.log" in message
+    assert cached_classpath(pom, "opensearch", cache_dir=tmp_path / "cache") is None
 
 
 def test_a_jvm_that_exits_is_one_line(tmp_path: Path) -> None:
