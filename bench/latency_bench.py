@@ -42,12 +42,12 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer
-from elasticsearch import Elasticsearch, NotFoundError
 from psycopg import sql
 from reader_bench import _cpu_s, _tree_cpu_s, _vm_hwm_kb, _with_db
 
 from consumers.contract import Record
 from consumers.runtime import ConsumerRuntime, RuntimeSettings
+from consumers.search.engine import connect
 from consumers.search.sink import SearchSink, delete_index
 from pipeline.demo.catalog import load_schema
 from pipeline.demo.seed import seed_catalog
@@ -319,7 +319,7 @@ def run(
     rounds: int = 1,
 ) -> dict[str, Any]:
     prefix = f"lat{uuid.uuid4().hex[:6]}"
-    es = Elasticsearch(es_url, request_timeout=120)
+    es = connect(es_url, timeout=120)
     stop = threading.Event()
     with scratch_database(admin_dsn) as dsn:
         try:
@@ -327,10 +327,9 @@ def run(
                         probe_s, rounds, stop)  # fmt: skip
         finally:
             stop.set()
-            with contextlib.suppress(NotFoundError):
-                delete_index(es, prefix)
-            with contextlib.suppress(NotFoundError):
-                es.indices.delete_index_template(name=f"{prefix}-products")
+            delete_index(es, prefix)
+            es.delete_index_template(f"{prefix}-products")
+            es.close()
 
 
 def _run(

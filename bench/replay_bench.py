@@ -2,9 +2,9 @@
 
 N product documents (the demo catalog's, built by SQL, cloned with new ids up to N) are
 put on a fresh compacted ``{prefix}.doc.products`` topic. Then, into fresh indices of
-the stack's Elasticsearch-API server:
+the stack's search engine (OpenSearch or Elasticsearch, as the search consumer finds it):
 
-- **bare**: ``elasticsearch.helpers.bulk`` of the same documents (bodies built by the
+- **bare**: the engine client's ``helpers.bulk`` of the same documents (bodies built by the
   search mapping, external versions, 500 a request), from memory — no Kafka, no Avro;
 - **replay**: ``catalog-cdc replay search`` (``pipeline.replay.replay``): reads the
   topic, decodes the Avro documents, writes a new generation through the search sink,
@@ -22,7 +22,6 @@ Usage: python bench/replay_bench.py [--products N] [--rounds R] [--json FILE]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -34,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
-from elasticsearch import Elasticsearch, NotFoundError
 from reader_bench import _with_db
 from search_bench import _bare as bare_bulk
 from search_bench import _documents
 
 from consumers.search import mapping
+from consumers.search.engine import SearchEngine, connect
 from consumers.search.sink import delete_index
 from pipeline.documents.model import ProductDocument
 from pipeline.documents.reading import document_codec
@@ -93,11 +92,11 @@ def _put_on_topic(bootstrap: str, prefix: str, docs: Iterable[ProductDocument]) 
     assert producer.flush(120) == 0
 
 
-def _bare(es: Elasticsearch, prefix: str, docs: list[ProductDocument]) -> float:
+def _bare(es: SearchEngine, prefix: str, docs: list[ProductDocument]) -> float:
     """search_bench's bare helpers.bulk into a fresh generation of ``prefix``."""
-    es.indices.put_index_template(name=prefix, **mapping.template(prefix))
+    es.put_index_template(prefix, mapping.template(prefix))
     index = mapping.generation(prefix, 1)
-    es.indices.create(index=index)
+    es.create_index(index)
     return bare_bulk(es, index, docs)
 
 
@@ -111,9 +110,8 @@ def _replay(bootstrap: str, es_url: str, prefix: str) -> tuple[float, int]:
     return elapsed, result.records
 
 
-def _drop(es: Elasticsearch, prefix: str) -> None:
-    with contextlib.suppress(NotFoundError):
-        delete_index(es, prefix)
+def _drop(es: SearchEngine, prefix: str) -> None:
+    delete_index(es, prefix)
     _settle()
 
 
@@ -141,7 +139,7 @@ def _settle(limit: float = 180.0) -> float:
 def one_round(
     bootstrap: str, es_url: str, docs: list[ProductDocument], replay_first: bool
 ) -> dict[str, Any]:
-    es = Elasticsearch(es_url, request_timeout=600)
+    es = connect(es_url, timeout=600)
     prefix = f"rb{uuid.uuid4().hex[:6]}"
     bare_prefix = f"rbb{uuid.uuid4().hex[:6]}"
     try:
@@ -170,11 +168,10 @@ def one_round(
         }
     finally:
         for p in (prefix, bare_prefix):
-            with contextlib.suppress(NotFoundError):
-                delete_index(es, p)
+            delete_index(es, p)
         for template in (bare_prefix, f"{prefix}-products"):
-            with contextlib.suppress(NotFoundError):
-                es.indices.delete_index_template(name=template)
+            es.delete_index_template(template)
+        es.close()
 
 
 def main() -> int:

@@ -1,9 +1,11 @@
-"""Search sink throughput vs a bare ``elasticsearch.helpers.bulk``, side by side.
+"""Search sink throughput vs the engine client's bare ``helpers.bulk``, side by side.
 
 The same product documents (from the demo catalog, built by SQL) are written to the
-stack's Elasticsearch-API server twice per phase, into two fresh indices:
+stack's search engine (OpenSearch or Elasticsearch: ``CATALOG_CDC_SEARCH_URL``, the
+engine detected or ``CATALOG_CDC_SEARCH_ENGINE``) twice per phase, into two fresh indices:
 
-- **bare**: ``helpers.bulk`` with the same bodies and external versions, 500 a request;
+- **bare**: the official client's ``helpers.bulk`` (``elasticsearch.helpers`` or
+  ``opensearchpy.helpers``) with the same bodies and external versions, 500 a request;
 - **sink**: ``SearchSink.add`` + ``flush`` (the consumer's code: body building, content
   hashing, chunking by count and bytes, per-item status handling).
 
@@ -17,7 +19,6 @@ Usage: python bench/search_bench.py [--products N] [--overwrites M] [--rounds R]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -27,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from elasticsearch import Elasticsearch, NotFoundError, helpers
 from psycopg import sql
 from reader_bench import _with_db
 
 from consumers.search import mapping
+from consumers.search.engine import SearchEngine, connect
 from consumers.search.sink import SearchSink, delete_index
 from pipeline.demo.seed import seed_catalog
 from pipeline.documents.model import ProductDocument
@@ -55,7 +56,7 @@ def _documents(admin_dsn: str, products: int) -> list[ProductDocument]:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
 
 
-def _bare(es: Elasticsearch, index: str, docs: list[ProductDocument]) -> float:
+def _bare(engine: SearchEngine, index: str, docs: list[ProductDocument]) -> float:
     actions = (
         {
             "_op_type": "index",
@@ -68,9 +69,9 @@ def _bare(es: Elasticsearch, index: str, docs: list[ProductDocument]) -> float:
         for d in docs
     )
     t = time.perf_counter()
-    ok, errors = helpers.bulk(es, actions, chunk_size=500, raise_on_error=False)
+    ok = engine.helper_bulk(actions, chunk_size=500)  # raises if any was refused
     elapsed = time.perf_counter() - t
-    assert not errors and ok == len(docs), errors[:3]
+    assert ok == len(docs), (ok, len(docs))
     return elapsed
 
 
@@ -85,16 +86,20 @@ def _sink(sink: SearchSink, docs: list[ProductDocument]) -> float:
 
 
 def one_round(
-    es_url: str, docs: list[ProductDocument], overwrites: int, sink_first: bool
+    es_url: str,
+    docs: list[ProductDocument],
+    overwrites: int,
+    sink_first: bool,
+    engine_name: str | None = None,
 ) -> dict[str, Any]:
-    es = Elasticsearch(es_url, request_timeout=300)
+    es = connect(es_url, engine_name, timeout=300)
     bare_prefix, sink_prefix = f"bb{uuid.uuid4().hex[:6]}", f"bs{uuid.uuid4().hex[:6]}"
-    sink = SearchSink(Elasticsearch(es_url, request_timeout=300), sink_prefix)
+    sink = SearchSink(connect(es_url, es.engine, timeout=300), sink_prefix)
     try:
         sink.open()
-        es.indices.put_index_template(name=bare_prefix, **mapping.template(bare_prefix))
+        es.put_index_template(bare_prefix, mapping.template(bare_prefix))
         bare_index = mapping.generation(bare_prefix, 1)
-        es.indices.create(index=bare_index)
+        es.create_index(bare_index)
         changed = [
             d.model_copy(update={"version": d.version + 1, "name": d.name + " (new)"})
             for d in docs[:overwrites]
@@ -113,6 +118,7 @@ def one_round(
             over_sink = _sink(sink, changed)
         n, m = len(docs), len(changed)
         return {
+            "engine": es.info().label,
             "new_documents": n,
             "overwrites": m,
             "bare_new_docs_per_s": n / new_bare,
@@ -126,8 +132,9 @@ def one_round(
         delete_index(es, bare_prefix)
         delete_index(es, sink_prefix)
         for template in (bare_prefix, f"{sink_prefix}-products"):
-            with contextlib.suppress(NotFoundError):
-                es.indices.delete_index_template(name=template)
+            es.delete_index_template(template)
+        sink.close()
+        es.close()
 
 
 def main() -> int:
@@ -142,7 +149,13 @@ def main() -> int:
     docs = _documents(admin, args.products)
     rounds = []
     for i in range(args.rounds):
-        r = one_round(conns.require("elasticsearch_url"), docs, args.overwrites, i % 2 == 1)
+        r = one_round(
+            conns.require("elasticsearch_url"),
+            docs,
+            args.overwrites,
+            i % 2 == 1,
+            conns.search_engine,
+        )
         rounds.append(r)
         print(
             f"round {i + 1}: new {r['sink_new_docs_per_s']:,.0f} vs {r['bare_new_docs_per_s']:,.0f}"
@@ -151,7 +164,9 @@ def main() -> int:
             f"docs/s (ratio {r['overwrite_ratio']:.2f})",
             flush=True,
         )
-    print(json.dumps({k: statistics.median(x[k] for x in rounds) for k in rounds[0]}, indent=1))
+    numbers = [k for k in rounds[0] if k != "engine"]
+    summary = {"engine": rounds[0]["engine"], **{k: statistics.median(x[k] for x in rounds) for k in numbers}}  # fmt: skip
+    print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps({"rounds": rounds}, indent=1))
     return 0

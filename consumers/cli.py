@@ -84,6 +84,15 @@ def register(sub: Any) -> None:
     q.add_argument("--inactive", action="store_true", help="include inactive products")
     q.add_argument("--index-prefix", help="index prefix (default: the topic prefix)")
     q.add_argument(
+        "--url", help="the search engine (default CATALOG_CDC_SEARCH_URL, or the local stack's)"
+    )
+    q.add_argument(
+        "--engine",
+        choices=["elasticsearch", "opensearch"],
+        help="which engine answers at the URL (default CATALOG_CDC_SEARCH_ENGINE, else asked "
+        "of the server)",
+    )
+    q.add_argument(
         "--refresh",
         action="store_true",
         help="refresh the index first, so that the newest writes are searchable (scripts)",
@@ -160,28 +169,41 @@ def _consume(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     import json
 
-    from elasticsearch import Elasticsearch
-
+    from consumers.search.engine import IndexNotFound, connect, engine_name
+    from consumers.search.mapping import alias
     from consumers.search.query import parse_price, search
+    from pipeline.errors import ConfigurationError
     from pipeline.settings import load_connections
 
     conns = load_connections()
-    es = Elasticsearch(conns.require("elasticsearch_url"), request_timeout=30)
+    url = args.url or conns.elasticsearch_url
+    if not url:
+        raise ConfigurationError(
+            "no search engine URL: set CATALOG_CDC_SEARCH_URL (or "
+            "CATALOG_CDC_ELASTICSEARCH_URL), give --url, or start the local stack"
+        )
+    engine = connect(url, engine_name(args.engine or conns.search_engine))
     prefix = args.index_prefix or conns.topic_prefix
-    if args.refresh:
-        from consumers.search.mapping import alias
-
-        es.indices.refresh(index=alias(prefix))
-    result = search(
-        es,
-        prefix,
-        args.query,
-        brand=args.brand,
-        category=args.category,
-        price=parse_price(args.price) if args.price else None,
-        size=args.size,
-        include_inactive=args.inactive,
-    )
+    try:
+        if args.refresh:
+            engine.refresh(alias(prefix))
+        result = search(
+            engine,
+            prefix,
+            args.query,
+            brand=args.brand,
+            category=args.category,
+            price=parse_price(args.price) if args.price else None,
+            size=args.size,
+            include_inactive=args.inactive,
+        )
+    except IndexNotFound as exc:
+        raise ConfigurationError(
+            f"no index {alias(prefix)} on {engine.label} at {url}: has `catalog-cdc consume "
+            "search` run with this topic prefix? (or give --index-prefix)"
+        ) from exc
+    finally:
+        engine.close()
     if args.json:
         print(json.dumps(result, ensure_ascii=False, default=str))
         return 0

@@ -48,5 +48,6 @@ def configure(level: str = "info", fmt: str = "kv") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("elastic_transport", "urllib3"):
+    # One line per HTTP request (and, for opensearchpy.trace, its body) at INFO.
+    for noisy in ("elastic_transport", "opensearch", "opensearchpy.trace", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigurationError
@@ -42,7 +42,7 @@ def default_stack_dir() -> Path:
 class ConnectionSettings(BaseSettings):
     """Where the services are.  Every field is ``CATALOG_CDC_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", populate_by_name=True)
 
     postgres_dsn: str | None = Field(
         default=None, description="libpq DSN of the catalog database (needs REPLICATION)."
@@ -51,7 +51,17 @@ class ConnectionSettings(BaseSettings):
     kafka_bootstrap_alt: str | None = Field(
         default=None, description="A second, independent Kafka-protocol broker (tests only)."
     )
-    elasticsearch_url: str | None = Field(default=None, description="Elasticsearch base URL.")
+    elasticsearch_url: str | None = Field(
+        default=None,
+        # The preferred name first; the field's own name stays usable in code.
+        validation_alias=AliasChoices(f"{ENV_PREFIX}SEARCH_URL", f"{ENV_PREFIX}ELASTICSEARCH_URL"),
+        description="Search engine (Elasticsearch or OpenSearch) base URL: "
+        "CATALOG_CDC_SEARCH_URL, or the older name CATALOG_CDC_ELASTICSEARCH_URL.",
+    )
+    search_engine: Literal["elasticsearch", "opensearch"] | None = Field(
+        default=None,
+        description="The engine at the search URL; unset: asked of the server (GET /).",
+    )
     redis_url: str | None = Field(
         default=None, description="Redis URL (redis://host:port/db) for the edge KV consumer."
     )

@@ -5,9 +5,8 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from elasticsearch import Elasticsearch
-
 from consumers.search import mapping
+from consumers.search.engine import SearchEngine
 from pipeline.errors import ConfigurationError
 
 __all__ = ["parse_price", "search"]
@@ -24,8 +23,26 @@ def parse_price(text: str) -> tuple[Decimal | None, Decimal | None]:
         raise ConfigurationError(f"--price {text!r}: not a number") from exc
 
 
+AGGREGATIONS: dict[str, Any] = {
+    "brands": {"terms": {"field": "brand.name.keyword", "size": 10}},
+    "categories": {"terms": {"field": "categories.name", "size": 10}},
+    "prices": {
+        "range": {
+            "field": "price",
+            "ranges": [
+                {"to": 25},
+                {"from": 25, "to": 100},
+                {"from": 100, "to": 500},
+                {"from": 500},
+            ],
+        }
+    },
+}
+"""The facets, in the order they are shown."""
+
+
 def search(
-    es: Elasticsearch,
+    engine: SearchEngine,
     index_prefix: str,
     query: str,
     *,
@@ -65,39 +82,21 @@ def search(
     if price is not None:
         bounds = {k: float(v) for k, v in zip(("gte", "lte"), price, strict=True) if v is not None}
         filters.append({"range": {"price": bounds}})
-    response = es.search(
-        index=mapping.alias(index_prefix),
-        query={"bool": {"must": must or [{"match_all": {}}], "filter": filters}},
+    response = engine.search(
+        mapping.alias(index_prefix),
+        {"bool": {"must": must or [{"match_all": {}}], "filter": filters}},
         size=size,
-        aggs={
-            "brands": {"terms": {"field": "brand.name.keyword", "size": 10}},
-            "categories": {"terms": {"field": "categories.name", "size": 10}},
-            "prices": {
-                "range": {
-                    "field": "price",
-                    "ranges": [
-                        {"to": 25},
-                        {"from": 25, "to": 100},
-                        {"from": 100, "to": 500},
-                        {"from": 500},
-                    ],
-                }
-            },
-        },
+        aggs=AGGREGATIONS,
         source_excludes=["description", "images", "technical_data"],
     )
-    total = response["hits"]["total"]
     return {
-        "total": total["value"] if isinstance(total, dict) else total,
-        "hits": [
-            {"id": int(h["_id"]), "score": h.get("_score"), **h["_source"]}
-            for h in response["hits"]["hits"]
-        ],
+        "total": response.total,
+        "hits": [{"id": int(h.id), "score": h.score, **h.source} for h in response.hits],
         "facets": {
             name: [
                 {"key": b.get("key"), "count": b["doc_count"]}
-                for b in response["aggregations"][name]["buckets"]
+                for b in response.aggregations[name]["buckets"]
             ]
-            for name in ("brands", "categories", "prices")
+            for name in AGGREGATIONS
         },
     }

@@ -10,16 +10,15 @@ deleted.  Searches never see a missing index (tested while queries run).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
-
-from elasticsearch import Elasticsearch, NotFoundError
 
 from consumers.contract import Sink
 from consumers.search import mapping
+from consumers.search.engine import SearchEngine
 from consumers.search.sink import SearchSink
 from pipeline.errors import CatalogCdcError
 
@@ -27,26 +26,35 @@ log = logging.getLogger(__name__)
 
 
 class SearchReplayPlan:
-    def __init__(self, es: Elasticsearch, prefix: str, grace: float, stop: threading.Event) -> None:
-        self.es = es
+    """Implements :class:`~consumers.capabilities.ReplayPlan` on either engine.
+
+    ``engine``: the sink's engine, asked for at each step (the sink connects on first
+    use, so a plan can be made while the engine does not answer yet)."""
+
+    def __init__(
+        self,
+        engine: Callable[[], SearchEngine],
+        prefix: str,
+        grace: float,
+        stop: threading.Event,
+    ) -> None:
+        self._engine = engine
         self.prefix = prefix
         self.alias = mapping.alias(prefix)
         self.grace = grace
         self.stop = stop
 
+    @property
+    def engine(self) -> SearchEngine:
+        return self._engine()
+
     def _generations(self) -> dict[int, str]:
         pattern = re.compile(rf"^{re.escape(self.prefix)}-products-(\d+)$")
-        try:
-            names = self.es.indices.get(index=f"{self.prefix}-products-*")
-        except NotFoundError:
-            return {}
+        names = self.engine.indices(f"{self.prefix}-products-*")
         return {int(m.group(1)): n for n in names if (m := pattern.match(n))}
 
     def _live(self) -> list[str]:
-        try:
-            return sorted(self.es.indices.get_alias(name=self.alias))
-        except NotFoundError:
-            return []
+        return self.engine.alias_indices(self.alias)
 
     def prepare(self, sink: Sink, saved: dict[str, Any]) -> dict[str, Any]:
         search = _search_sink(sink)
@@ -54,7 +62,7 @@ class SearchReplayPlan:
             generations = self._generations()
             n = max(generations, default=0) + 1
             target = mapping.generation(self.prefix, n)
-            self.es.indices.create(index=target)  # the template gives mapping and settings
+            self.engine.create_index(target)  # the template gives mapping and settings
             saved = {"target": target, "old": self._live()}
             log.info("event=search_replay_generation target=%s live=%s", target, saved["old"])
         search.target_index = saved["target"]
@@ -67,7 +75,7 @@ class SearchReplayPlan:
             {"remove": {"index": old, "alias": self.alias}} for old in live if old != target
         ]
         actions.append({"add": {"index": target, "alias": self.alias}})
-        self.es.indices.update_aliases(actions=actions)
+        self.engine.update_aliases(actions)
         log.info("event=search_alias_swapped alias=%s to=%s from=%s", self.alias, target, live)
         return {**saved, "old": sorted(set(saved.get("old", [])) | set(live) - {target}),
                 "swapped": True}  # fmt: skip
@@ -79,8 +87,7 @@ class SearchReplayPlan:
             if self.stop.wait(self.grace):
                 return saved  # interrupted: the next run deletes them
         for name in old:
-            with contextlib.suppress(NotFoundError):
-                self.es.indices.delete(index=name)
+            self.engine.delete_index(name)  # one already gone is no error
         log.info("event=search_old_generations_deleted indices=%s", old)
         return {**saved, "deleted": old}
 

@@ -1,4 +1,10 @@
-"""The search sink: product documents -> the Elasticsearch index behind ``{prefix}-products``.
+"""The search sink: product documents -> the index behind ``{prefix}-products``.
+
+One sink, one behaviour on Elasticsearch (8, 9) and OpenSearch (2.x): it talks to the
+engine through :class:`~consumers.search.engine.SearchEngine` (``--option engine=``
+``elasticsearch|opensearch`` or ``CATALOG_CDC_SEARCH_ENGINE``; unset: asked of the
+server at the first request).  Options: ``url`` (default ``CATALOG_CDC_SEARCH_URL``,
+else ``CATALOG_CDC_ELASTICSEARCH_URL``), ``engine``, ``index_prefix``.
 
 Guarantees (with :mod:`consumers.runtime`: at-least-once delivery, commit after flush):
 
@@ -7,16 +13,16 @@ Guarantees (with :mod:`consumers.runtime`: at-least-once delivery, commit after 
   redelivered batch changes nothing. A delete (tombstone) deletes with its version;
   a delete of a missing document is a success.
 * **Only what changed is written.** A document whose content hash equals the one this
-  sink last wrote for that id is not sent (the local Elasticsearch-API server
+  sink last wrote for that id is not sent (the local Elasticsearch-API stand-in
   overwrites a few hundred documents a second); the writes saved are counted.
 * **Serialized beside the network.** A flush builds each bulk request while the one
   before it is in flight (sent by a helper thread, awaited in order, one at a time),
-  so building the bodies does not add to the time Elasticsearch takes.
+  so building the bodies does not add to the time the engine takes.
 * **Retries never skip.** Bulk requests are cut by count and by bytes; connection
   errors, timeouts, 429 and 5xx (of the request or of single items) raise
   :class:`~consumers.contract.TransientSinkError`, keeping exactly the items still to
   write; the runtime retries with capped exponential backoff.
-* **Poison goes to the DLQ.** An item Elasticsearch refuses for good (a mapping
+* **Poison goes to the DLQ.** An item the engine refuses for good (a mapping
   error, 400) is returned as :class:`~consumers.contract.Rejected` with its reason —
   also when the same bulk answer asks for other items to be retried (the refusals
   then travel in the :class:`~consumers.contract.TransientSinkError`).
@@ -24,28 +30,26 @@ Guarantees (with :mod:`consumers.runtime`: at-least-once delivery, commit after 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from elasticsearch import (
-    ApiError,
-    ConnectionError,
-    ConnectionTimeout,
-    Elasticsearch,
-    NotFoundError,
-    TransportError,
-)
-
 from consumers.capabilities import ReplayPlan, ReplayRequest
-from consumers.contract import FlushOutcome, Record, Rejected, SinkError, TransientSinkError
+from consumers.contract import FlushOutcome, Record, Rejected, SinkError
 from consumers.registry import SinkContext
 from consumers.search import mapping
+from consumers.search.engine import (
+    BulkItem,
+    EngineUnavailable,
+    IndexNotFound,
+    SearchEngine,
+    connect,
+    engine_name,
+)
 from consumers.toolkit.batching import chunks
 from pipeline.documents.model import ProductDocument
 from pipeline.errors import ConfigurationError
@@ -69,15 +73,27 @@ class _Op:
 
 
 class SearchSink:
-    """Implements :class:`~consumers.contract.Sink` for Elasticsearch."""
+    """Implements :class:`~consumers.contract.Sink` for Elasticsearch and OpenSearch.
+
+    ``engine``: the engine's client; or ``None`` with ``connector``, which makes it on
+    first use (so building the sink needs no server: an unreachable one is a
+    :class:`~consumers.contract.TransientSinkError` of :meth:`open`, retried)."""
 
     name = "search"
     kinds = ("product",)
 
     def __init__(
-        self, es: Elasticsearch, index_prefix: str, target_index: str | None = None
+        self,
+        engine: SearchEngine | None,
+        index_prefix: str,
+        target_index: str | None = None,
+        *,
+        connector: Callable[[], SearchEngine] | None = None,
     ) -> None:
-        self.es = es
+        if engine is None and connector is None:
+            raise ConfigurationError("SearchSink needs an engine or a connector")
+        self._engine = engine
+        self._connector = connector
         self.prefix = index_prefix
         self.alias = mapping.alias(index_prefix)
         self.target_index = target_index
@@ -89,33 +105,41 @@ class SearchSink:
 
     @classmethod
     def from_context(cls, context: SinkContext) -> SearchSink:
-        url = context.options.get("url") or context.connections.elasticsearch_url
+        conns = context.connections
+        url = context.options.get("url") or conns.elasticsearch_url
         if not url:
             raise ConfigurationError(
-                "no Elasticsearch URL: set CATALOG_CDC_ELASTICSEARCH_URL or --option url=..."
+                "no search engine URL: set CATALOG_CDC_SEARCH_URL (or "
+                "CATALOG_CDC_ELASTICSEARCH_URL) or --option url=..."
             )
-        prefix = context.options.get("index_prefix") or context.connections.topic_prefix
-        return cls(Elasticsearch(url, request_timeout=30), prefix)
+        engine = engine_name(context.options.get("engine") or conns.search_engine)
+        prefix = context.options.get("index_prefix") or conns.topic_prefix
+        return cls(None, prefix, connector=lambda: connect(url, engine))
+
+    @property
+    def engine(self) -> SearchEngine:
+        """The engine's client (connected, and the engine detected, on first use)."""
+        if self._engine is None:
+            assert self._connector is not None
+            self._engine = self._connector()
+        return self._engine
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Check Elasticsearch answers; create the template and the first generation."""
-        try:
-            self.es.info()
-            self.es.indices.put_index_template(name=self.alias, **mapping.template(self.prefix))
-            if not self.es.indices.exists_alias(name=self.alias):
-                index = mapping.generation(self.prefix, 1)
-                if not self.es.indices.exists(index=index):
-                    self.es.indices.create(index=index)
-                self.es.indices.put_alias(index=index, name=self.alias)
-                log.info("event=search_index_created index=%s alias=%s", index, self.alias)
-        except (ConnectionError, ConnectionTimeout) as exc:
-            raise TransientSinkError(f"Elasticsearch is not available: {exc}") from exc
-        except ApiError as exc:
-            if exc.meta.status in (429, 502, 503, 504):
-                raise TransientSinkError(f"Elasticsearch answered {exc.meta.status}") from exc
-            raise _refused(exc) from exc
+        """Check the engine answers; create the template and the first generation.
+        Raises :class:`TransientSinkError` while it is unavailable (or answers 429/5xx),
+        :class:`SinkError` when it refuses (401/403: the message names the URL setting)."""
+        engine = self.engine
+        info = engine.info()
+        engine.put_index_template(self.alias, mapping.template(self.prefix))
+        if not engine.alias_exists(self.alias):
+            index = mapping.generation(self.prefix, 1)
+            if not engine.index_exists(index):
+                engine.create_index(index)
+            engine.put_alias(index, self.alias)
+            log.info("event=search_index_created index=%s alias=%s", index, self.alias)
+        log.info("event=search_open engine=%s version=%s", info.engine, info.version)
 
     # -- capabilities (consumers.capabilities) ------------------------------------------
 
@@ -123,7 +147,7 @@ class SearchSink:
         """A new index generation built beside the live one and swapped in by alias."""
         from consumers.search.replay import SearchReplayPlan
 
-        return SearchReplayPlan(self.es, self.prefix, request.grace, request.stop)
+        return SearchReplayPlan(lambda: self.engine, self.prefix, request.grace, request.stop)
 
     def verifier(self, context: SinkContext, dsn: str) -> Verifier:
         from consumers.search.verify import SearchVerifier
@@ -132,18 +156,18 @@ class SearchSink:
 
     def target_available(self) -> bool:
         try:
-            self.es.info()
-        except (ApiError, TransportError) as exc:
+            self.engine.info()
+        except SinkError as exc:
             log.warning("event=search_unavailable error=%s", exc)
             return False
         return True
 
     def target_count(self) -> int | None:
         try:
-            return int(self.es.count(index=self.alias)["count"])
-        except NotFoundError:
+            return self.engine.count(self.alias)
+        except IndexNotFound:
             return 0  # no index yet: nothing written
-        except (ApiError, TransportError) as exc:
+        except SinkError as exc:
             log.warning("event=search_count_failed error=%s", exc)
             return None
 
@@ -151,7 +175,8 @@ class SearchSink:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-        self.es.close()
+        if self._engine is not None:
+            self._engine.close()
 
     # -- writing ------------------------------------------------------------------------
 
@@ -163,12 +188,12 @@ class SearchSink:
         """Write what was added: chunk by chunk, each chunk serialized while the one
         before it is in flight (the request is sent by a helper thread and waited for
         here, one at a time, in order), so building the bodies does not add to the time
-        Elasticsearch takes.  Returns when every item is confirmed or refused; raises
+        the engine takes.  Returns when every item is confirmed or refused; raises
         :class:`~consumers.contract.TransientSinkError` (carrying the refusals of this
         attempt) when some items must be written again, keeping exactly those."""
         outcome = FlushOutcome()
         retry: dict[int, _Op] = {}
-        in_flight: tuple[Future[Any], list[_Op]] | None = None
+        in_flight: tuple[Future[list[BulkItem]], list[_Op]] | None = None
         sender = self._sender()
         for chunk in self._chunks():
             request = sender.submit(self._send, _payload(chunk, self.target_index or self.alias))
@@ -213,32 +238,28 @@ class SearchSink:
 
     def _chunks(self) -> Iterator[list[_Op]]:
         """Bulk requests cut by count and by (approximate) bytes, built as they are
-        asked for (a document over :data:`MAX_BYTES` goes alone: Elasticsearch judges)."""
+        asked for (a document over :data:`MAX_BYTES` goes alone: the engine judges)."""
         return chunks(self._ops(), max_items=MAX_ACTIONS, max_bytes=MAX_BYTES, size_of=_size)
 
-    def _send(self, payload: bytes) -> Any:
-        # The client sends a bytes body as it is (NDJSON, already serialized).
-        return self.es.bulk(operations=payload, refresh=False)  # type: ignore[arg-type]
+    def _send(self, payload: bytes) -> list[BulkItem]:
+        return self.engine.bulk(payload)
 
     def _settle(
-        self, request: Future[Any], ops: list[_Op], outcome: FlushOutcome
+        self, request: Future[list[BulkItem]], ops: list[_Op], outcome: FlushOutcome
     ) -> dict[int, _Op]:
         """The outcome of one bulk request; the ops to retry."""
         try:
-            response = request.result()
-        except (ConnectionError, ConnectionTimeout) as exc:
-            log.warning("event=search_unavailable error=%s", exc)
+            items = request.result()
+        except EngineUnavailable as exc:  # no answer, timeout, 429/5xx of the request
+            log.warning("event=search_unavailable status=%s error=%s", exc.status, exc)
+            outcome.retry("unavailable", count=0, retry_after=exc.retry_after)
             return {op.record.id: op for op in ops}
-        except ApiError as exc:
-            if exc.meta.status == 429 or exc.meta.status >= 500:
-                log.warning("event=search_bulk_refused status=%s", exc.meta.status)
-                return {op.record.id: op for op in ops}
-            raise _refused(exc) from exc
+        # Any other refusal of the whole request (EngineRequestError: 401/403, a bad
+        # request) propagates: a SinkError, the consumer stops, nothing is committed.
         retry: dict[int, _Op] = {}
-        for op, item in zip(ops, response["items"], strict=True):
-            action, result = next(iter(item.items()))
-            status = int(result.get("status", 500))
-            doc_id = op.record.id
+        label = self.engine.label
+        for op, item in zip(ops, items, strict=True):
+            action, status, doc_id = item.action, item.status, op.record.id
             if status in (200, 201) or (action == "delete" and status == 404):
                 if op.source is None:
                     self._written.pop(doc_id, None)
@@ -252,8 +273,8 @@ class SearchSink:
             elif status == 429 or status >= 500:
                 retry[doc_id] = op
             else:
-                reason = json.dumps(result.get("error"), default=str)[:2000]
-                outcome.refuse(op.record, f"Elasticsearch refused it ({status}): {reason}")
+                reason = json.dumps(item.error, default=str)[:2000]
+                outcome.refuse(op.record, f"{label} refused it ({status}): {reason}")
         return retry
 
 
@@ -278,26 +299,13 @@ def _payload(ops: list[_Op], index_name: str) -> bytes:
     return b"\n".join(lines)
 
 
-def _refused(exc: ApiError) -> SinkError:
-    """A request Elasticsearch refuses as a whole (bad credentials, no permission...):
-    the consumer stops with this message; nothing of the batch is committed."""
-    status = exc.meta.status
-    hint = (
-        "check the credentials in CATALOG_CDC_ELASTICSEARCH_URL (or --option url=...)"
-        if status in (401, 403)
-        else "see the error"
-    )
-    return SinkError(f"Elasticsearch refused the request ({status}: {exc.message}); {hint}")
-
-
 def _dumps(value: dict[str, Any]) -> bytes:
     """Canonical JSON (sorted keys, no spaces): equal content, equal bytes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def delete_index(es: Elasticsearch, prefix: str) -> None:
+def delete_index(engine: SearchEngine, prefix: str) -> None:
     """Delete every generation of the product index (tests, tooling)."""
-    names = [n for n in es.indices.get(index=f"{prefix}-products-*") if n.startswith(prefix)]
-    for name in names:
-        with contextlib.suppress(NotFoundError):
-            es.indices.delete(index=name)
+    for name in engine.indices(f"{prefix}-products-*"):
+        if name.startswith(prefix):
+            engine.delete_index(name)

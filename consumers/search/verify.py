@@ -3,35 +3,38 @@
 *Expected*: :func:`~pipeline.documents.reference.expected_documents` (the SQL join), each
 product in its indexed form (:func:`~consumers.search.mapping.body`) without ``version``.
 *Actual*: every document of the alias, read with a scroll of :data:`CHUNK` documents
-(the local Elasticsearch-API server is slow on large searches: moderate pages), its
+(the local Elasticsearch-API stand-in is slow on large searches: moderate pages), its
 ``_source`` without ``content_hash`` and ``version``, and its ``_version`` (the external
 version the sink wrote).  Only products: the search sink does not index categories.
 
 Repair goes through :class:`~consumers.search.sink.SearchSink` itself (built by the
 registry with the same ``--option``s, a fresh instance so its content-hash cache sends
 everything): a missing or out-of-sync product is re-emitted from the database with the
-version ``max(db version, index _version + 1)`` (external versioning accepts it, and any
-real change later carries a far higher LSN, so the live consumer's next write wins); an
-extra document is deleted with ``_version + 1``.  A document id that is not a number
+version ``max(db version, index _version + 1)`` (a missing one: above the version the
+document topic last carried for it + 1, where Elasticsearch and OpenSearch keep the delete
+tombstone of a hand delete for ``index.gc_deletes``); external versioning accepts it, and
+any real change later carries a far higher LSN, so the live consumer's next write wins;
+an extra document is deleted with ``_version + 1``.  A document id that is not a number
 cannot be written by the sink: it is listed, not repaired.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Hashable
 from typing import Any
 
 import psycopg
-from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch
 
+from consumers.contract import SinkError
 from consumers.registry import SinkContext, load
 from consumers.search import mapping
+from consumers.search.engine import EngineUnavailable
 from consumers.search.sink import SearchSink
 from pipeline.documents.model import ProductDocument
 from pipeline.documents.reference import expected_documents
 from pipeline.documents.wire import DocumentMessage
+from pipeline.errors import CatalogCdcError
 from pipeline.verify.base import (
     RepairOutcome,
     VerifyError,
@@ -39,7 +42,7 @@ from pipeline.verify.base import (
     repair_version,
     with_retries,
 )
-from pipeline.verify.report import EXTRA, Report, Snapshot, compare
+from pipeline.verify.report import EXTRA, MISSING, Report, Snapshot, compare
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +75,8 @@ class SearchVerifier:
         sink: object = self._factory(context)
         if not isinstance(sink, SearchSink):
             raise VerifyError(f"the consumer 'search' is {type(sink).__name__}, not SearchSink")
-        # Its client and index prefix: the consumer's own configuration.
+        # Its engine and index prefix: the consumer's own configuration.
         self.sink: SearchSink = sink
-        self.es: Elasticsearch = sink.es
         self.alias: str = sink.alias
         self._docs: dict[int, ProductDocument] = {}
 
@@ -92,35 +94,20 @@ class SearchVerifier:
         snap = Snapshot()
         snap.items[PRODUCT] = {}
         try:
-            if not self.es.indices.exists_alias(name=self.alias):
+            engine = self.sink.engine
+            if not engine.alias_exists(self.alias):
                 log.warning("event=verify_no_index alias=%s", self.alias)
                 return snap
-            self.es.indices.refresh(index=self.alias)
-            page = self.es.search(
-                index=self.alias, scroll="2m", size=self.chunk, version=True, sort=["_doc"]
-            )
-            scroll_id = page.get("_scroll_id")
-            try:
-                while page["hits"]["hits"]:
-                    for hit in page["hits"]["hits"]:
-                        source = dict(hit.get("_source") or {})
-                        source.pop("content_hash", None)
-                        source.pop("version", None)
-                        snap.put(PRODUCT, _ident(hit["_id"]), source, int(hit.get("_version", 0)))
-                    if not scroll_id:
-                        break
-                    page = self.es.scroll(scroll_id=scroll_id, scroll="2m")
-                    scroll_id = page.get("_scroll_id", scroll_id)
-            finally:
-                if scroll_id:
-                    with contextlib.suppress(ApiError, ConnectionError, ConnectionTimeout):
-                        self.es.clear_scroll(scroll_id=scroll_id)
-        except (ConnectionError, ConnectionTimeout) as exc:
-            raise VerifyError(f"Elasticsearch is not available: {exc}") from exc
-        except ApiError as exc:
-            raise VerifyError(
-                f"Elasticsearch refused reading {self.alias} ({exc.meta.status}: {exc.message})"
-            ) from exc
+            engine.refresh(self.alias)
+            for hit in engine.scan(self.alias, self.chunk):
+                source = dict(hit.source)
+                source.pop("content_hash", None)
+                source.pop("version", None)
+                snap.put(PRODUCT, _ident(hit.id), source, hit.version or 0)
+        except EngineUnavailable as exc:  # "<engine> is not available at <url>: ..."
+            raise VerifyError(str(exc)) from exc
+        except SinkError as exc:
+            raise VerifyError(f"reading {self.alias}: {exc}") from exc
         return snap
 
     def compare(self, expected: Snapshot, actual: Snapshot) -> Report:
@@ -130,6 +117,7 @@ class SearchVerifier:
         outcome = RepairOutcome()
         ts = now_ms()
         records: list[DocumentMessage] = []
+        written = self._last_written([d.id for d in report.differences if d.status == MISSING])
         for d in report.differences:
             if d.cls != PRODUCT:
                 continue
@@ -144,6 +132,11 @@ class SearchVerifier:
                 outcome.deleted += 1
                 continue
             doc = self._docs[d.id]
+            if d.status == MISSING and d.id in written:
+                # Deleted behind the sink's back: the engine keeps a delete tombstone
+                # for index.gc_deletes (60 s) at the version the sink wrote + 1, and
+                # refuses a write at or below it (409, a no-op for the sink).
+                have = written[d.id] + 1
             version = repair_version(doc.version, have)
             fixed = doc.model_copy(update={"version": version, "source_ts_ms": ts})
             records.append(DocumentMessage(PRODUCT, d.id, fixed, version, ts))
@@ -164,6 +157,27 @@ class SearchVerifier:
             len(outcome.rejected),
         )
         return outcome
+
+    def _last_written(self, ids: list[Hashable]) -> dict[int, int]:
+        """The version the sink last wrote for ``ids`` (the document topic's latest
+        message of each), for the documents the index misses; ``{}`` without Kafka or
+        without the topic (a write at the database's version is tried then)."""
+        conns = self.context.connections
+        if not ids or not conns.kafka_bootstrap:
+            return {}
+        from pipeline.documents.reading import latest_documents
+
+        try:
+            latest = latest_documents(
+                conns.kafka_bootstrap,
+                conns.topic_prefix,
+                PRODUCT,
+                schema_registry_url=conns.schema_registry_url,
+            )
+        except CatalogCdcError as exc:
+            log.warning("event=verify_no_document_topic error=%s", exc)
+            return {}
+        return {i: latest[i].version for i in ids if isinstance(i, int) and i in latest}
 
     def close(self) -> None:
         self.sink.close()

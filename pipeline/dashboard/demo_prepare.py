@@ -44,8 +44,8 @@ def prepare(config_path: Path, run: str) -> int:
     the run as ``export`` lines for the shell."""
     import psycopg
     from confluent_kafka import KafkaException
-    from elastic_transport import TransportError
-    from elasticsearch import ApiError
+
+    from consumers.contract import SinkError
 
     if not RUN_PATTERN.match(run):
         raise CatalogCdcError(f"a demo run id is 'demo' and 10-14 digits, not {run!r}")
@@ -55,8 +55,8 @@ def prepare(config_path: Path, run: str) -> int:
         raise CatalogCdcError(f"preparing demo run {run}: PostgreSQL: {exc}") from exc
     except KafkaException as exc:
         raise CatalogCdcError(f"preparing demo run {run}: Kafka: {exc}") from exc
-    except (ApiError, TransportError) as exc:
-        raise CatalogCdcError(f"preparing demo run {run}: Elasticsearch: {exc}") from exc
+    except SinkError as exc:  # the search engine's errors (consumers.search.engine)
+        raise CatalogCdcError(f"preparing demo run {run}: search engine: {exc}") from exc
 
 
 def _prepare_run(config_path: Path, run: str) -> int:
@@ -94,7 +94,7 @@ def _prepare_run(config_path: Path, run: str) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
     _drop_kafka_runs(conns.require("kafka_bootstrap"), run)
     if conns.elasticsearch_url:
-        _drop_index_runs(conns.elasticsearch_url, run)
+        _drop_index_runs(conns.elasticsearch_url, conns.search_engine, run)
     dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=run)
     env = {
         "CATALOG_CDC_POSTGRES_DSN": dsn,
@@ -134,23 +134,18 @@ def _drop_kafka_runs(bootstrap: str, run: str) -> None:
                 future.result()  # a group that still lists a member stays: harmless
 
 
-def _drop_index_runs(url: str, run: str) -> None:
-    """Delete the search indices and index templates of other demo runs."""
-    from elasticsearch import Elasticsearch, NotFoundError
+def _drop_index_runs(url: str, engine_name: str | None, run: str) -> None:
+    """Delete the search indices and index templates of other demo runs (Elasticsearch
+    or OpenSearch: the search consumer's engine client)."""
+    from consumers.search.engine import connect
 
-    es = Elasticsearch(url, request_timeout=60)
+    engine = connect(url, engine_name)
     try:
-        names = [n for n in es.indices.get(index="demo*", expand_wildcards="all")]
-        for name in names:
+        for name in engine.indices("demo*"):
             if not name.startswith(run + "-"):
-                with contextlib.suppress(NotFoundError):
-                    es.indices.delete(index=name)
-        templates = es.indices.get_index_template(name="demo*").get("index_templates", [])
-        for t in templates:
-            if not t["name"].startswith(run):
-                with contextlib.suppress(NotFoundError):
-                    es.indices.delete_index_template(name=t["name"])
-    except NotFoundError:
-        pass
+                engine.delete_index(name)  # one already gone is no error
+        for template in engine.index_templates("demo*"):
+            if not template.startswith(run):
+                engine.delete_index_template(template)
     finally:
-        es.close()
+        engine.close()
