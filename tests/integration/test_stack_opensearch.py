@@ -38,7 +38,7 @@ from pipeline.documents.model import (
     Variant,
 )
 from pipeline.errors import StackError
-from pipeline.stack.maven import cached_classpath
+from pipeline.stack.maven import cache_root
 from pipeline.stack.opensearch import (
     OPENSEARCH_VERSION,
     POM,
@@ -73,8 +73,9 @@ class Node:
         return OpenSearch(self.url, timeout=60)
 
 
-def _jars_cached() -> bool:
-    return cached_classpath(POM, "opensearch") is not None
+def _jars_cached(root: Path | None = None) -> bool:
+    """Some OpenSearch classpath already fetched (pipeline/stack/maven.py's layout)."""
+    return any(((root or cache_root()) / "classpaths").glob("opensearch-*/lib"))
 
 
 def _rss_mb(pid: int) -> float:
@@ -481,7 +482,7 @@ def test_maven_that_cannot_resolve_is_one_line(tmp_path: Path) -> None:
     message = _one_line(exc)
     assert message.startswith("opensearch: Maven could not resolve the jars")
     assert "0.0.404" in message and "copy-dependencies" in message and ".mvn.log" in message
-    assert cached_classpath(pom, "opensearch", cache_dir=tmp_path / "cache") is None
+    assert not _jars_cached(tmp_path / "cache")
 
 
 def test_a_jvm_that_exits_is_one_line(tmp_path: Path) -> None:
