@@ -1,7 +1,7 @@
 """Issue 24: one request holds a refusal and a throttled item — every sink, at the runtime level.
 
 For each consumer the real :class:`~consumers.runtime.ConsumerRuntime` runs the real sink
-against its real server (Elasticsearch-API) or contract server, on a one-partition
+against its real server (the search engine) or contract server, on a one-partition
 document topic of its own.  A first product (the *baseline*) is consumed and committed;
 then three products are produced at once, so that they make one batch and one request:
 
@@ -39,13 +39,13 @@ from urllib.parse import urlsplit
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from elasticsearch import Elasticsearch
 
 from consumers.edge_kv.backends.rest import RestBackend
 from consumers.edge_kv.layout import product_value
 from consumers.edge_kv.sink import EdgeKvSink
 from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from consumers.search import mapping as search_mapping
+from consumers.search.engine import SearchEngine, connect
 from consumers.search.sink import SearchSink
 from consumers.search_service.client import UpdateApi
 from consumers.search_service.mapping import Links, product_item
@@ -270,7 +270,7 @@ def _scenario(
 
 
 class ThrottlingProxy:
-    """An HTTP proxy between the search sink and the real Elasticsearch-API server.
+    """An HTTP proxy between the search sink and the real search engine.
 
     While ``active``, every bulk request that holds an action on ``doc_id`` is forwarded
     without that action (and its source line), and the server's answer gets, at the
@@ -408,17 +408,22 @@ class ThrottlingProxy:
 
 
 def test_search_refused_and_throttled_in_one_bulk(
-    es_url: str, kafka_bootstrap: str, topic_prefix: str, index_prefix: str
+    search_url: str,
+    search_engine: SearchEngine,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    index_prefix: str,
 ) -> None:
-    """Search (issue 24).  One ``_bulk`` holds OK, REFUSED and THROTTLED.  REFUSED: a real
-    400 (mapper_parsing_exception) from the Elasticsearch-API server — total_quantity over
-    the mapping's ``integer``.  THROTTLED: a per-item 429 — a proxy between the sink and
-    the server takes THROTTLED's action out of every bulk request while the throttle is
-    on and answers 429 for it in its place (so it really is not written)."""
-    es = Elasticsearch(es_url)
-    with ThrottlingProxy(es_url, str(THROTTLED)) as proxy:
+    """Search (issue 24), on each engine (Elasticsearch, OpenSearch).  One ``_bulk`` holds
+    OK, REFUSED and THROTTLED.  REFUSED: a real 400 (mapper_parsing_exception) from the
+    engine — total_quantity over the mapping's ``integer``.  THROTTLED: a per-item 429 — a
+    proxy between the sink and the server takes THROTTLED's action out of every bulk
+    request while the throttle is on and answers 429 for it in its place (so it really
+    is not written).  The sink detects the engine through the proxy."""
+    es = search_engine
+    with ThrottlingProxy(search_url, str(THROTTLED)) as proxy:
         runtime = ConsumerRuntime(
-            SearchSink(Elasticsearch(proxy.url, request_timeout=10), index_prefix),
+            SearchSink(connect(proxy.url, timeout=10), index_prefix),
             bootstrap=kafka_bootstrap,
             topic_prefix=topic_prefix,
             settings=_settings(),
@@ -430,12 +435,12 @@ def test_search_refused_and_throttled_in_one_bulk(
 
         def holds() -> bool:
             ids = [str(i) for i in (BASELINE, OK, REFUSED, THROTTLED)]
-            found = es.mget(index=search_mapping.alias(index_prefix), ids=ids)["docs"]
-            docs = {int(d["_id"]): d for d in found if d.get("found")}
+            found = es.mget(search_mapping.alias(index_prefix), ids)
+            docs = {int(i): hit for i, hit in found.items()}
             want = {BASELINE: _product(BASELINE, 5), OK: _product(OK, 10)}
             want[THROTTLED] = _product(THROTTLED, 12)
             return set(docs) == set(want) and all(
-                docs[i]["_version"] == p.version and docs[i]["_source"]["name"] == p.name
+                docs[i].version == p.version and docs[i].source["name"] == p.name
                 for i, p in want.items()
             )
 
@@ -445,7 +450,7 @@ def test_search_refused_and_throttled_in_one_bulk(
             topic_prefix,
             Throttle(lambda: on(True), lambda: on(False), lambda: len(proxy.throttled)),
             holds,
-            "Elasticsearch refused it (400)",
+            f"{es.label} refused it (400)",
         )
         first = proxy.throttled[0]
         assert {str(OK), str(REFUSED), str(THROTTLED)} <= set(first), (

@@ -1,5 +1,6 @@
 """``catalog-cdc replay`` and ``resnapshot`` on the stack: no failed search during the
-alias swap, the new index equals the topics, an interrupted replay resumes."""
+alias swap, the new index equals the topics, an interrupted replay resumes.  The search
+replays run on each engine (Elasticsearch, OpenSearch: ``search_url``)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from elasticsearch import Elasticsearch
 
 from consumers.runtime import ConsumerRuntime, RuntimeSettings
 from consumers.search import mapping
+from consumers.search.engine import SearchEngine, connect
 from consumers.search.sink import SearchSink, delete_index
 from pipeline.demo.seed import seed_catalog
 from pipeline.documents.reading import latest_documents
@@ -34,10 +35,9 @@ def _connections(kafka_bootstrap: str, es_url: str, prefix: str) -> ConnectionSe
     )
 
 
-def _index_versions(es: Elasticsearch, index: str) -> dict[int, int]:
-    es.indices.refresh(index=index)
-    hits = es.search(index=index, size=1000, version=True, query={"match_all": {}})["hits"]
-    return {int(h["_id"]): int(h["_version"]) for h in hits["hits"]}
+def _index_versions(es: SearchEngine, index: str) -> dict[int, int]:
+    es.refresh(index)
+    return {int(h.id): int(h.version or 0) for h in es.scan(index)}
 
 
 def _topic_versions(bootstrap: str, prefix: str) -> dict[int, int]:
@@ -46,12 +46,16 @@ def _topic_versions(bootstrap: str, prefix: str) -> dict[int, int]:
 
 
 def test_search_replay_swaps_the_alias_while_searches_and_edits_go_on(
-    kafka_bootstrap: str, es_url: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str,
+    search_url: str,
+    search_engine: SearchEngine,
+    topic_prefix: str,
+    tmp_path: Path,
 ) -> None:
-    es = Elasticsearch(es_url)
+    es, es_url = search_engine, search_url
     _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, 10 + i)) for i in range(1, 121)])
     live = ConsumerRuntime(
-        SearchSink(Elasticsearch(es_url), topic_prefix),
+        SearchSink(connect(es_url), topic_prefix),
         bootstrap=kafka_bootstrap,
         topic_prefix=topic_prefix,
         settings=RuntimeSettings(poll_timeout=0.05),
@@ -64,7 +68,7 @@ def test_search_replay_swaps_the_alias_while_searches_and_edits_go_on(
     def search_loop() -> None:
         while not stop_searching.is_set():
             try:
-                es.search(index=alias, size=1, query={"match_all": {}})
+                es.search(alias, {"match_all": {}}, size=1)
                 searches[0] += 1
             except Exception as exc:  # noqa: BLE001 - every failure is the finding
                 failures.append(repr(exc))
@@ -83,8 +87,8 @@ def test_search_replay_swaps_the_alias_while_searches_and_edits_go_on(
     try:
         with running(live):
             assert live.caught_up.wait(60)
-            first = es.indices.get_alias(name=alias)
-            assert list(first) == [mapping.generation(topic_prefix, 1)]
+            first = es.alias_indices(alias)
+            assert first == [mapping.generation(topic_prefix, 1)]
             searcher = threading.Thread(target=search_loop, daemon=True)
             editor = threading.Thread(target=edit_loop, daemon=True)
             searcher.start()
@@ -115,8 +119,8 @@ def test_search_replay_swaps_the_alias_while_searches_and_edits_go_on(
         assert result.records >= 120 and result.rejected == 0
         assert seen and seen[-1].phase == "done" and any(p.docs_per_s > 0 for p in seen)
         # The alias moved to a new generation; the old one is gone.
-        assert list(es.indices.get_alias(name=alias)) == [target]
-        assert not es.indices.exists(index=mapping.generation(topic_prefix, 1))
+        assert es.alias_indices(alias) == [target]
+        assert not es.index_exists(mapping.generation(topic_prefix, 1))
         # The new index equals the topic: every live document at its latest version.
         assert _index_versions(es, target) == _topic_versions(kafka_bootstrap, topic_prefix)
         assert not (tmp_path / "replay.json").exists()  # done: nothing to resume
@@ -126,9 +130,13 @@ def test_search_replay_swaps_the_alias_while_searches_and_edits_go_on(
 
 
 def test_an_interrupted_replay_resumes_and_gives_the_same_index(
-    kafka_bootstrap: str, es_url: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str,
+    search_url: str,
+    search_engine: SearchEngine,
+    topic_prefix: str,
+    tmp_path: Path,
 ) -> None:
-    es = Elasticsearch(es_url)
+    es, es_url = search_engine, search_url
     _produce(kafka_bootstrap, topic_prefix, [(i, _product(i, 5 + i)) for i in range(1, 151)])
     conns = _connections(kafka_bootstrap, es_url, topic_prefix)
     state = tmp_path / "replay.json"
@@ -157,7 +165,7 @@ def test_an_interrupted_replay_resumes_and_gives_the_same_index(
         assert result["records"] + first.records >= 150, result
         alias = mapping.alias(topic_prefix)
         target = saved["plan"]["target"]
-        assert list(es.indices.get_alias(name=alias)) == [target]
+        assert es.alias_indices(alias) == [target]
         assert _index_versions(es, target) == _topic_versions(kafka_bootstrap, topic_prefix)
         assert not state.exists()
     finally:
@@ -170,7 +178,7 @@ def _env(kafka_bootstrap: str, es_url: str, prefix: str) -> dict[str, str]:
     return {
         **os.environ,
         "CATALOG_CDC_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "CATALOG_CDC_ELASTICSEARCH_URL": es_url,
+        "CATALOG_CDC_SEARCH_URL": es_url,  # the preferred name (the older one still works)
         "CATALOG_CDC_TOPIC_PREFIX": prefix,
     }
 
@@ -283,7 +291,12 @@ def test_edge_kv_replay_rebuilds_a_lost_store(
 
 
 def test_search_replay_under_demo_edits_ends_equal_to_the_database(
-    catalog_dsn: str, kafka_bootstrap: str, es_url: str, topic_prefix: str, tmp_path: Path
+    catalog_dsn: str,
+    kafka_bootstrap: str,
+    search_url: str,
+    search_engine: SearchEngine,
+    topic_prefix: str,
+    tmp_path: Path,
 ) -> None:
     """Issue 8's check: a replay of search while `demo edits` runs and a loop of searches
     hits the alias: no search fails during the swap; the new index equals the database."""
@@ -293,7 +306,7 @@ def test_search_replay_under_demo_edits_ends_equal_to_the_database(
     from pipeline.verify.driver import verifier_for
     from tests.integration.assembler_support import running_assembler, wait_in_sync
 
-    es = Elasticsearch(es_url)
+    es, es_url = search_engine, search_url
     alias = mapping.alias(topic_prefix)
     seed_catalog(catalog_dsn, products=40, seed=21)
     conns = ConnectionSettings(
@@ -301,7 +314,7 @@ def test_search_replay_under_demo_edits_ends_equal_to_the_database(
         topic_prefix=topic_prefix,
     )  # fmt: skip
     live = ConsumerRuntime(
-        SearchSink(Elasticsearch(es_url), topic_prefix),
+        SearchSink(connect(es_url), topic_prefix),
         bootstrap=kafka_bootstrap,
         topic_prefix=topic_prefix,
         settings=RuntimeSettings(poll_timeout=0.05),
@@ -313,7 +326,7 @@ def test_search_replay_under_demo_edits_ends_equal_to_the_database(
     def search_loop() -> None:
         while not done.is_set():
             try:
-                es.search(index=alias, size=3, query={"match": {"name": "coffee"}})
+                es.search(alias, {"match": {"name": "coffee"}}, size=3)
                 searches[0] += 1
             except Exception as exc:  # noqa: BLE001 - every failure is the finding
                 failures.append(repr(exc))
@@ -326,7 +339,7 @@ def test_search_replay_under_demo_edits_ends_equal_to_the_database(
             running(live),
         ):
             wait_in_sync(catalog_dsn, kafka_bootstrap, topic_prefix)
-            wait_for(lambda: es.indices.exists_alias(name=alias), 60, "the live index")
+            wait_for(lambda: es.alias_exists(alias), 60, "the live index")
             searcher = threading.Thread(target=search_loop, daemon=True)
             searcher.start()
             edits = threading.Thread(
@@ -353,7 +366,7 @@ def test_search_replay_under_demo_edits_ends_equal_to_the_database(
             searcher.join(10)
         assert failures == [], failures[:3]
         assert searches[0] > 50 and result.rejected == 0
-        assert list(es.indices.get_alias(name=alias)) == [mapping.generation(topic_prefix, 2)]
+        assert es.alias_indices(alias) == [mapping.generation(topic_prefix, 2)]
     finally:
         done.set()
         delete_index(es, topic_prefix)
