@@ -29,6 +29,7 @@ from elasticsearch import Elasticsearch
 
 from consumers.jsonl import JsonlSink
 from consumers.runtime import ConsumerRuntime, RuntimeSettings
+from consumers.search.engine import connect
 from consumers.search.sink import delete_index
 from pipeline.admin.app import SYNC_MESSAGE, AdminContext, AdminSettings, build_context, create_app
 from pipeline.admin.tokens import TokenStore
@@ -165,7 +166,7 @@ def test_auth_matrix_and_hashed_tokens(
         # A revoked token stops working at once (the server re-reads the file).
         store.revoke("viewer")
         assert c.get("/v1/status", headers=auth(reader)).status_code == 401
-    delete_index(Elasticsearch(es_url), topic_prefix)
+    delete_index(connect(es_url), topic_prefix)
 
 
 def _free_port() -> int:
@@ -257,7 +258,7 @@ def test_sync_rebuilds_the_index_and_a_second_replay_conflicts(
         assert sorted(int(h["_id"]) for h in found) == ids
         assert {h["_source"]["name"] for h in found if h["_id"] == "7"} == {"Product 7"}
     finally:
-        delete_index(es, topic_prefix)
+        delete_index(connect(es_url), topic_prefix)
 
 
 def test_status_lag_and_vocabulary(
