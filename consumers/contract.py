@@ -30,7 +30,7 @@ commit, a replay plan, a verifier...) are typed protocols in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,6 +46,7 @@ __all__ = [
     "Sink",
     "SinkError",
     "TransientSinkError",
+    "handing_over",
 ]
 
 Record = DocumentMessage
@@ -161,3 +162,18 @@ class FlushOutcome:
                 rejected=self.rejected,
             )
         return self.rejected
+
+
+def handing_over(send: Callable[[], None], refused: list[Rejected]) -> list[Rejected]:
+    """A flush for a sink that collects its refusals in ``refused`` while it sends:
+    ``send()``, then the refusals it collected — returned, or carried by the
+    :class:`TransientSinkError` it raised.  ``refused`` is emptied either way."""
+    try:
+        send()
+    except TransientSinkError as exc:
+        exc.rejected += refused
+        refused.clear()
+        raise
+    out = list(refused)
+    refused.clear()
+    return out

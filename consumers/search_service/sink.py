@@ -42,7 +42,7 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consumers.contract import Record, Rejected, SinkError, TransientSinkError
+from consumers.contract import Record, Rejected, SinkError, TransientSinkError, handing_over
 from consumers.registry import SinkContext
 from consumers.search_service import mapping, rules
 from consumers.search_service.client import DEFAULT_URL, Malformed, UpdateApi
@@ -258,16 +258,7 @@ class SearchServiceSink:
         """Send what was added; the refusals of this attempt are returned, or travel in
         the :class:`~consumers.contract.TransientSinkError` when something is to be
         sent again (the records still to send stay pending)."""
-        try:
-            self._send_pending()
-        except TransientSinkError as exc:
-            exc.rejected += self._take_rejected()
-            raise
-        return self._take_rejected()
-
-    def _take_rejected(self) -> list[Rejected]:
-        out, self._rejected = self._rejected, []
-        return out
+        return handing_over(self._send_pending, self._rejected)
 
     def _send_pending(self) -> None:
         self._check_breaker()

@@ -48,7 +48,7 @@ import httpx
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consumers.contract import Record, Rejected, SinkError, TransientSinkError
+from consumers.contract import Record, Rejected, SinkError, TransientSinkError, handing_over
 from consumers.registry import SinkContext
 from consumers.storefront_api import mapping, rules
 from consumers.storefront_api.client import StorefrontClient, retry_after
@@ -221,19 +221,13 @@ class StorefrontApiSink:
         """Send what was added; the refusals of this attempt are returned, or travel in
         the :class:`~consumers.contract.TransientSinkError` when something is to be
         sent again (the records still to send stay pending)."""
-        try:
-            retire, ops = self._plan()
-            self._fetch_images(ops)
-            self._send_all(retire)
-            self._send_all(ops)
-        except TransientSinkError as exc:
-            exc.rejected += self._take_rejected()
-            raise
-        return self._take_rejected()
+        return handing_over(self._send_pending, self._rejected)
 
-    def _take_rejected(self) -> list[Rejected]:
-        out, self._rejected = self._rejected, []
-        return out
+    def _send_pending(self) -> None:
+        retire, ops = self._plan()
+        self._fetch_images(ops)
+        self._send_all(retire)
+        self._send_all(ops)
 
     # -- planning -----------------------------------------------------------------------
 

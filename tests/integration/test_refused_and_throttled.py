@@ -28,8 +28,7 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,6 +60,7 @@ from pipeline.documents.wire import doc_key, headers_of
 from pipeline.kafka import TopicSpec, consumer_config, ensure_topics, producer_config
 from pipeline.topics import doc_topic
 from tests.contracts import kv_rest, search_service, storefront_api, webhooks
+from tests.integration.test_consumer_runtime import running
 from tests.unit.test_documents import product_data
 
 pytestmark = pytest.mark.integration
@@ -108,28 +108,6 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@contextmanager
-def _running(runtime: ConsumerRuntime) -> Iterator[ConsumerRuntime]:
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            runtime.run(stop)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield runtime
-    finally:
-        stop.set()
-        thread.join(60)
-    if errors:
-        raise errors[0]
 
 
 def _produce(bootstrap: str, prefix: str, items: list[tuple[int, ProductDocument]]) -> list[int]:
@@ -229,7 +207,7 @@ def _scenario(
     name = runtime.sink.name
     group, dlq = f"{prefix}-{name}", f"{prefix}.dlq.{name}"  # the runtime's conventions
     [base] = _produce(bootstrap, prefix, [(BASELINE, _product(BASELINE, 5))])
-    with _running(runtime):
+    with running(runtime):
         assert runtime.caught_up.wait(20), f"the consumer did not catch up: {runtime.stats}"
         assert _committed(bootstrap, group, topic) == base + 1
         throttle.on()
