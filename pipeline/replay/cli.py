@@ -18,10 +18,9 @@ def register(sub: Any) -> None:
         description=(
             "Rebuild CONSUMER's target from the document topics while the live consumer "
             "keeps running. How is the consumer's own: a sink with a replay plan follows it "
-            "(search: a new index generation, then an atomic alias swap, the old one "
-            "deleted after --grace; jsonl: a new file renamed over the live one), a sink "
-            "with a full-import protocol uses it (search-service: full_import=start ... "
-            "done), every other one gets everything re-sent as idempotent upserts. What "
+            "(e.g. a new index generation, then an atomic alias swap, the old one deleted "
+            "after --grace), a sink whose target has a full-import protocol uses it, every "
+            "other one gets everything re-sent as idempotent upserts. What "
             "the target refuses goes to the consumer's dead-letter topic. Shows documents/s "
             "and ETA; an interrupted replay resumes (its positions are in --state). Exit 0 "
             "when done, 1 on error."
