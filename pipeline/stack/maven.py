@@ -32,7 +32,7 @@ from pathlib import Path
 
 from pipeline.errors import StackError
 
-__all__ = ["cache_root", "fetch_classpath", "java_executable"]
+__all__ = ["cache_root", "cached_classpath", "fetch_classpath", "java_executable"]
 
 ENV_CACHE_DIR = "CATALOG_CDC_CACHE_DIR"
 JAVA_HINT = "apt-get install openjdk-17-jdk-headless (Java 17 or newer)"
@@ -74,23 +74,36 @@ def fetch_classpath(
     line before and after a fetch (nothing on a cache hit).  ``cache_dir`` overrides
     :func:`cache_root`.  Raises StackError when ``mvn`` is missing or cannot resolve.
     """
-    pom = pom.resolve()
-    try:
-        pom_bytes = pom.read_bytes()
-    except OSError as exc:
-        raise StackError(f"{name}: cannot read {pom}: {exc}") from exc
-    key = hashlib.sha256(pom_bytes).hexdigest()[:16]
-    root = (cache_dir or cache_root()) / "classpaths"
-    entry = root / f"{name}-{key}"
+    pom_bytes = _read(pom, name)
+    entry = _entry(pom_bytes, name, cache_dir)
     lib = entry / "lib"
     if lib.is_dir():
         return lib
+    root = entry.parent
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f"{name}-{key}.lock"):
+    with _locked(root / f"{entry.name}.lock"):
         if lib.is_dir():  # another process fetched it while we waited
             return lib
         _fetch(pom_bytes, name, entry, progress or (lambda _msg: None), timeout)
     return lib
+
+
+def cached_classpath(pom: Path, name: str, *, cache_dir: Path | None = None) -> Path | None:
+    """The directory of jars of ``pom`` if already fetched, else None (never runs Maven)."""
+    lib = _entry(_read(pom, name), name, cache_dir) / "lib"
+    return lib if lib.is_dir() else None
+
+
+def _read(pom: Path, name: str) -> bytes:
+    try:
+        return pom.read_bytes()
+    except OSError as exc:
+        raise StackError(f"{name}: cannot read {pom.resolve()}: {exc}") from exc
+
+
+def _entry(pom_bytes: bytes, name: str, cache_dir: Path | None) -> Path:
+    key = hashlib.sha256(pom_bytes).hexdigest()[:16]
+    return (cache_dir or cache_root()) / "classpaths" / f"{name}-{key}"
 
 
 def _fetch(
