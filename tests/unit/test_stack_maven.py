@@ -130,3 +130,12 @@ def test_cache_root_follows_the_environment(
     assert maven.cache_root() == (tmp_path / "xdg" / "catalog-cdc").resolve()
     monkeypatch.setenv(maven.ENV_CACHE_DIR, str(tmp_path / "mine"))
     assert maven.cache_root() == (tmp_path / "mine").resolve()
+
+
+def test_cached_classpath_never_runs_maven(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_mvn(tmp_path, monkeypatch)
+    pom, cache = _pom(tmp_path), tmp_path / "cache"
+    assert maven.cached_classpath(pom, "kafka", cache_dir=cache) is None
+    lib = maven.fetch_classpath(pom, "kafka", cache_dir=cache)
+    assert maven.cached_classpath(pom, "kafka", cache_dir=cache) == lib
+    assert _calls(calls) == 1
