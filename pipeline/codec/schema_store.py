@@ -41,6 +41,7 @@ from fastavro.schema import SchemaParseException
 from pipeline.codec.avro_schema import AvroSchema, canonical_json
 from pipeline.codec.errors import SchemaConflictError, SchemaNotFoundError, SchemaStoreError
 from pipeline.codec.fingerprint import fingerprint
+from pipeline.kafka import await_leaders
 from pipeline.topics import schemas_topic
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class KafkaSchemaStore:
         self._consumer: Consumer | None = None
         self._next_offset = OFFSET_BEGINNING
         self._topic_ready = False
+        self._consumer_knows_topic = False
 
     # -- public API ------------------------------------------------------------------
 
@@ -182,6 +184,7 @@ class KafkaSchemaStore:
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None
+                self._consumer_knows_topic = False
 
     def __enter__(self) -> KafkaSchemaStore:
         return self
@@ -285,6 +288,9 @@ class KafkaSchemaStore:
                     )
                 )
             consumer = self._consumer
+            if not self._consumer_knows_topic:
+                await_leaders(consumer, [self.topic], self._timeout)
+                self._consumer_knows_topic = True
             low, high = consumer.get_watermark_offsets(partition, timeout=self._timeout)
             start = low if self._next_offset == OFFSET_BEGINNING else max(self._next_offset, low)
             if start >= high:
