@@ -33,6 +33,10 @@ class Endpoints:
     kafka_bootstrap_alt: str | None
     elasticsearch_url: str
     redis_url: str | None = None
+    kafka_bootstrap_apache: str | None = None
+    """The local stack's Apache Kafka (``CATALOG_CDC_KAFKA_BOOTSTRAP_APACHE``)."""
+    opensearch_url: str | None = None
+    """The local stack's OpenSearch (``CATALOG_CDC_TEST_OPENSEARCH_URL`` wins)."""
 
 
 def _with_dbname(dsn: str, dbname: str) -> str:
@@ -53,6 +57,7 @@ def stack() -> Iterator[Endpoints]:
             kafka_bootstrap_alt=env["kafka_bootstrap_alt"],
             elasticsearch_url=env["elasticsearch_url"],
             redis_url=os.environ.get("CATALOG_CDC_REDIS_URL"),
+            kafka_bootstrap_apache=os.environ.get("CATALOG_CDC_KAFKA_BOOTSTRAP_APACHE"),
         )
         return
 
@@ -71,6 +76,8 @@ def stack() -> Iterator[Endpoints]:
         kafka_bootstrap_alt=endpoints["kafka_bootstrap_alt"],
         elasticsearch_url=endpoints["elasticsearch_url"],
         redis_url=endpoints.get("redis_url"),
+        kafka_bootstrap_apache=endpoints.get("kafka_bootstrap_apache"),
+        opensearch_url=endpoints.get("opensearch_url"),
     )
     if started == set(before["services"]) and not os.environ.get("CATALOG_CDC_KEEP_STACK"):
         st.down()
@@ -151,11 +158,16 @@ def redis_url(stack: Endpoints) -> str:
     return stack.redis_url
 
 
-@pytest.fixture(params=["noida", "tansu"])
+@pytest.fixture(params=["apache-kafka", "noida", "tansu"])
 def broker_bootstrap(request: pytest.FixtureRequest, stack: Endpoints) -> str:
-    """Each broker of the stack in turn, for tests marked ``broker_matrix``."""
+    """Each broker of the stack in turn, for tests marked ``broker_matrix``: Apache
+    Kafka, and two independent implementations of its protocol (noida-db, Tansu)."""
     if request.param == "noida":
         return stack.kafka_bootstrap
+    if request.param == "apache-kafka":
+        if not stack.kafka_bootstrap_apache:
+            pytest.fail("no Apache Kafka: set CATALOG_CDC_KAFKA_BOOTSTRAP_APACHE or use the stack")
+        return stack.kafka_bootstrap_apache
     if not stack.kafka_bootstrap_alt:
         pytest.fail("no second broker: set CATALOG_CDC_KAFKA_BOOTSTRAP_ALT or use the stack")
     return stack.kafka_bootstrap_alt

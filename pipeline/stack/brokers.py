@@ -1,4 +1,7 @@
-"""The stack's Kafka-protocol brokers and Elasticsearch-API server.
+"""The stack's stand-ins: Kafka-protocol brokers and an Elasticsearch-API server.
+
+The real engines, Apache Kafka (:mod:`pipeline.stack.kafka`) and OpenSearch
+(:mod:`pipeline.stack.opensearch`), run beside them (docs/local-services.md).
 
 - ``noida``: the ``noida-db`` wheel's binary, started with only its Kafka and
   Elasticsearch services; it persists topics, offsets, documents and aliases under

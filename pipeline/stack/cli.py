@@ -16,9 +16,11 @@ def register(sub: Any) -> None:
         "stack",
         help="start, stop and inspect the local stack of real services",
         description=(
-            "The local stack: a private PostgreSQL cluster (wal_level=logical), the noida-db "
-            "Kafka-protocol broker + Elasticsearch-API server, and a second Kafka-protocol "
-            "broker (Tansu), each on a free loopback port, state under .stack/."
+            "The local stack, each service on a free loopback port, state under .stack/: a "
+            "private PostgreSQL cluster (wal_level=logical), Apache Kafka 4.4 (KRaft) and "
+            "OpenSearch 2.19 (fetched once from Maven Central into ~/.cache/catalog-cdc), and "
+            "the stand-ins: noida-db's Elasticsearch API, Tansu (a second Kafka-protocol "
+            "broker for the broker matrix) and Redis. See docs/local-services.md."
         ),
     )
     p.add_argument(
@@ -33,6 +35,11 @@ def register(sub: Any) -> None:
         description="Start what is not running and wait until every service answers for real.",
     )
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait per service")
+    up.add_argument(
+        "--kafka-nodes", type=int, choices=(1, 3), default=None,
+        help="Kafka nodes: 1, or a 3-node KRaft cluster for the fault tests (default: as "
+        "many as run now, else 1)",
+    )  # fmt: skip
     up.add_argument("--json", action="store_true", help="print the status as JSON when done")
     up.set_defaults(handler=_up)
 
@@ -59,7 +66,8 @@ def _stack(args: argparse.Namespace) -> Any:
     def progress(msg: str) -> None:
         print(f"stack: {msg}", file=sys.stderr, flush=True)
 
-    return Stack(args.stack_dir or default_stack_dir(), progress=progress)
+    nodes = getattr(args, "kafka_nodes", None)
+    return Stack(args.stack_dir or default_stack_dir(), progress=progress, kafka_nodes=nodes)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -79,11 +87,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 _FACTS = (
-    "version", "wal_level", "kafka_brokers", "elasticsearch_version", "redis_version", "error"
+    "engine", "version", "wal_level", "kafka_brokers", "elasticsearch_version",
+    "redis_version", "error",
 )  # fmt: skip
 
 
 def _print_status(status: dict[str, Any], as_json: bool) -> int:
+    from pipeline.stack.manager import ENDPOINTS
+
     if as_json:
         print(json.dumps(status, indent=2))
     else:
@@ -91,13 +102,7 @@ def _print_status(status: dict[str, Any], as_json: bool) -> int:
         for name, svc in status["services"].items():
             mark = "up  " if svc["running"] and svc.get("answers") else "DOWN"
             extra = " ".join(f"{k}={v}" for k, v in svc.items() if k in _FACTS)
-            print(f"  [{mark}] {name:<9} pid={svc['pid']} ports={svc['ports']} {extra}")
-        for field in (
-            "postgres_dsn",
-            "kafka_bootstrap",
-            "kafka_bootstrap_alt",
-            "elasticsearch_url",
-            "redis_url",
-        ):
-            print(f"  {field:<20} {status[field]}")
+            print(f"  [{mark}] {name:<10} pid={svc['pid']} ports={svc['ports']} {extra}")
+        for field in ENDPOINTS:
+            print(f"  {field:<25} {status[field]}")
     return 0 if status["healthy"] else 1

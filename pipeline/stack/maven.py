@@ -118,8 +118,13 @@ def _fetch(
     staging.mkdir(parents=True)
     # Maven runs on a copy in the staging directory, so it never writes into the checkout.
     (staging / "pom.xml").write_bytes(pom_bytes)
+    # Maven's local repository under $HOME, as the cache is: Java takes user.home from
+    # the password database, not $HOME, and a service user's there (nobody:
+    # /nonexistent) made every download fail.
+    repo = Path(os.environ.get("MAVEN_REPO_LOCAL") or Path.home() / ".m2" / "repository")
     argv = [
         mvn, "-B", "-f", str(staging / "pom.xml"),
+        f"-Dmaven.repo.local={repo}",
         "dependency:copy-dependencies",
         "-DincludeScope=runtime",
         f"-DoutputDirectory={staging / 'lib'}",

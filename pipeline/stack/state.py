@@ -28,7 +28,8 @@ class ServiceState(BaseModel):
 
 
 class StackState(BaseModel):
-    """Every managed service, keyed by name (``postgres``, ``noida``, ``tansu``, ``redis``)."""
+    """Every managed service, keyed by name (``postgres``, ``kafka`` or ``kafka-1..3``,
+    ``opensearch``, ``noida``, ``tansu``, ``redis``)."""
 
     services: dict[str, ServiceState] = Field(default_factory=dict)
 
@@ -36,7 +37,13 @@ class StackState(BaseModel):
         return self.services.setdefault(name, ServiceState())
 
     def endpoints(self) -> dict[str, str]:
-        """Connection settings for the services, named as in ConnectionSettings."""
+        """Connection settings for the services, named as in ConnectionSettings, and the
+        real engines' endpoints beside them.
+
+        ``kafka_bootstrap`` / ``elasticsearch_url``: noida-db (the stand-ins every test,
+        the demo and the benchmarks still default to); ``kafka_bootstrap_alt``: Tansu (the
+        broker matrix's independent implementation); ``kafka_bootstrap_apache``: Apache
+        Kafka (every node); ``opensearch_url``: OpenSearch."""
         out: dict[str, str] = {}
         pg = self.services.get("postgres")
         if pg and "postgres" in pg.ports:
@@ -46,6 +53,18 @@ class StackState(BaseModel):
             out["kafka_bootstrap"] = f"127.0.0.1:{noida.ports['kafka']}"
         if noida and "elasticsearch" in noida.ports:
             out["elasticsearch_url"] = f"http://127.0.0.1:{noida.ports['elasticsearch']}"
+        three = [self.services.get(f"kafka-{i}") for i in (1, 2, 3)]
+        nodes = (
+            [n for n in three if n is not None and n.pid]
+            if any(n is not None and n.pid for n in three)
+            else [self.services.get("kafka")]
+        )
+        brokers = [f"127.0.0.1:{n.ports['kafka']}" for n in nodes if n and "kafka" in n.ports]
+        if brokers:
+            out["kafka_bootstrap_apache"] = ",".join(brokers)
+        opensearch = self.services.get("opensearch")
+        if opensearch and "http" in opensearch.ports:
+            out["opensearch_url"] = f"http://127.0.0.1:{opensearch.ports['http']}"
         tansu = self.services.get("tansu")
         if tansu and "kafka" in tansu.ports:
             out["kafka_bootstrap_alt"] = f"127.0.0.1:{tansu.ports['kafka']}"

@@ -7,7 +7,8 @@
   server when it is Elasticsearch (the local stack's Elasticsearch-API stand-in,
   noida-db); skipped when there is none.
 * **opensearch**: ``CATALOG_CDC_TEST_OPENSEARCH_URL``, else the stack's search server
-  when it is OpenSearch, else a private OpenSearch 2.19 node started for the session
+  when it is OpenSearch, else the stack's OpenSearch node, else a private OpenSearch
+  2.19 node started for the session
   (one per xdist worker, ``pipeline.stack.opensearch``: jars fetched once by Maven into
   the cache outside the checkout); skipped, saying why, when Java or Maven is missing.
 """
@@ -54,6 +55,9 @@ def opensearch_url(
         return
     if stack_search_engine == "opensearch":
         yield stack.elasticsearch_url
+        return
+    if stack.opensearch_url:
+        yield stack.opensearch_url
         return
     from pipeline.errors import StackError
     from pipeline.stack.opensearch import OpenSearchService

@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from elasticsearch import Elasticsearch
 
 from consumers.jsonl import JsonlSink
 from consumers.runtime import ConsumerRuntime, RuntimeSettings
@@ -230,7 +229,7 @@ def test_sync_rebuilds_the_index_and_a_second_replay_conflicts(
     # A grace period keeps the job running after the swap: room for the 409.
     ctx = context(tmp_path, kafka_bootstrap, topic_prefix, es_url, grace=3.0)
     _, admin, _reader = make_tokens(tmp_path / "tokens.json")
-    es = Elasticsearch(es_url, request_timeout=30)
+    es = connect(es_url)
     try:
         with serving(ctx) as url, httpx.Client(base_url=url, timeout=30) as c:
             r = c.post("/v1/products/search/sync/", headers=auth(admin))
@@ -249,16 +248,17 @@ def test_sync_rebuilds_the_index_and_a_second_replay_conflicts(
             assert job["kind"] == "search_sync"
             assert job["result"]["records"] == len(ids)
             assert job["progress"]["phase"] == "done"
-            es.indices.refresh(index=f"{topic_prefix}-products")  # _count sees refreshed docs
+            es.refresh(f"{topic_prefix}-products")  # _count sees refreshed docs
             status = c.get("/v1/status", headers=auth(admin)).json()["consumers"]["search"]
             assert status["full_import"] == "done" and status["product_count"] == len(ids)
         alias = f"{topic_prefix}-products"
-        es.indices.refresh(index=alias)
-        found = es.search(index=alias, size=100, source=["id", "name"])["hits"]["hits"]
-        assert sorted(int(h["_id"]) for h in found) == ids
-        assert {h["_source"]["name"] for h in found if h["_id"] == "7"} == {"Product 7"}
+        es.refresh(alias)
+        found = es.search(alias, {"match_all": {}}, size=100).hits
+        assert sorted(int(h.id) for h in found) == ids
+        assert {h.source["name"] for h in found if h.id == "7"} == {"Product 7"}
     finally:
-        delete_index(connect(es_url), topic_prefix)
+        delete_index(es, topic_prefix)
+        es.close()
 
 
 def test_status_lag_and_vocabulary(

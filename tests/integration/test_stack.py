@@ -19,7 +19,9 @@ from typing import Any
 import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
-from elasticsearch import Elasticsearch
+
+from consumers.search.engine import connect
+from tests.integration.search_support import get_doc, put_doc
 
 pytestmark = pytest.mark.integration
 
@@ -68,11 +70,24 @@ def _assert_live(status: dict[str, Any]) -> None:
         assert status[field], field
     with psycopg.connect(status["postgres_dsn"]) as conn:
         assert conn.execute("SHOW wal_level").fetchone() == ("logical",)
-    for bootstrap in (status["kafka_bootstrap"], status["kafka_bootstrap_alt"]):
+    for bootstrap in (
+        status["kafka_bootstrap"],
+        status["kafka_bootstrap_alt"],
+        status["kafka_bootstrap_apache"],
+    ):
         meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
         assert len(meta.brokers) >= 1
-    with Elasticsearch(status["elasticsearch_url"]) as es:
-        assert es.info()["version"]["number"]
+    engines = {
+        name: (svc.get("engine"), svc.get("version")) for name, svc in status["services"].items()
+    }
+    assert engines["kafka"] == ("Apache Kafka", "4.4.0"), engines
+    assert engines["opensearch"] == ("OpenSearch", "2.19.6"), engines
+    for url in (status["elasticsearch_url"], status["opensearch_url"]):
+        engine = connect(url)
+        try:
+            assert engine.info().version
+        finally:
+            engine.close()
 
 
 def test_stack_lifecycle(tmp_path: Path) -> None:
@@ -94,10 +109,11 @@ def test_stack_lifecycle(tmp_path: Path) -> None:
         with psycopg.connect(status["postgres_dsn"], autocommit=True) as conn:
             conn.execute("CREATE TABLE kept (id int primary key)")
             conn.execute("INSERT INTO kept VALUES (7)")
-        admin = AdminClient({"bootstrap.servers": status["kafka_bootstrap"]})
-        admin.create_topics([NewTopic("kept-topic", 2, 1)])["kept-topic"].result(10)
-        with Elasticsearch(status["elasticsearch_url"]) as es:
-            es.index(index="kept-index", id="1", document={"a": 1}, refresh=True)
+        for bootstrap in (status["kafka_bootstrap"], status["kafka_bootstrap_apache"]):
+            admin = AdminClient({"bootstrap.servers": bootstrap})
+            admin.create_topics([NewTopic("kept-topic", 2, 1)])["kept-topic"].result(10)
+        for url in (status["elasticsearch_url"], status["opensearch_url"]):
+            put_doc(url, "kept-index", "1", {"a": 1})
 
         down = _cli(stack_dir, "stack", "down")
         assert down.returncode == 0, down.stderr
@@ -116,12 +132,12 @@ def test_stack_lifecycle(tmp_path: Path) -> None:
         _assert_live(status2)
         with psycopg.connect(status2["postgres_dsn"]) as conn:
             assert conn.execute("SELECT id FROM kept").fetchall() == [(7,)]
-        meta = AdminClient({"bootstrap.servers": status2["kafka_bootstrap"]}).list_topics(
-            timeout=10
-        )
-        assert "kept-topic" in meta.topics
-        with Elasticsearch(status2["elasticsearch_url"]) as es:
-            assert es.get(index="kept-index", id="1")["_source"] == {"a": 1}
+        for bootstrap in (status2["kafka_bootstrap"], status2["kafka_bootstrap_apache"]):
+            meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+            assert "kept-topic" in meta.topics, bootstrap
+        for url in (status2["elasticsearch_url"], status2["opensearch_url"]):
+            found = get_doc(url, "kept-index", "1")
+            assert found is not None and found["_source"] == {"a": 1}
     finally:
         wiped = _cli(stack_dir, "stack", "down", "--wipe")
     assert wiped.returncode == 0, wiped.stderr
