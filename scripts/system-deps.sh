@@ -3,6 +3,8 @@
 #   - python3-venv (Debian's python3 ships without ensurepip)
 #   - postgresql (the server the local stack runs; >= 14)
 #   - redis-server (the local stack's Redis, for the edge KV consumer)
+#   - a Java 17 JDK and Maven (the stack's Apache Kafka and OpenSearch come from Maven
+#     Central; pipeline/stack/maven.py fetches them once into ~/.cache/catalog-cdc)
 # Uses sudo when not root. Safe to run repeatedly.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
@@ -16,6 +18,12 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
 fi
 if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ]; then
     need+=(redis-server)
+fi
+if ! command -v java >/dev/null || ! command -v javac >/dev/null; then
+    need+=(openjdk-17-jdk-headless)
+fi
+if ! command -v mvn >/dev/null; then
+    need+=(maven)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
