@@ -258,3 +258,29 @@ class FetchHold:
             with contextlib.suppress(KafkaException):
                 c.get_watermark_offsets(parts[0], timeout=1.0, cached=False)
         self._paused = []
+
+
+def watermarks(
+    admin: AdminClient, partitions: Iterable[TopicPartition], timeout: float = 10.0
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """``(topic, partition) -> (low, high)`` of many partitions in two ListOffsets
+    requests per broker, from an AdminClient.
+
+    A consumer's ``get_watermark_offsets(cached=False)`` asks one partition at a time on
+    the connection its fetches use; Apache Kafka answers a connection's requests in
+    order, so each query waited behind the long-polled fetch (``fetch.wait.max.ms``,
+    500 ms): an assembler owning 36 partitions spent 27 s per look at its inputs.
+    Raises :class:`KafkaException` when the broker does not answer."""
+    from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+
+    tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+    if not tps:
+        return {}
+    ends: dict[str, dict[tuple[str, int], int]] = {}
+    specs = (("low", OffsetSpec.earliest()), ("high", OffsetSpec.latest()))  # type: ignore[no-untyped-call]
+    for name, spec in specs:
+        futures = admin.list_offsets({tp: spec for tp in tps}, request_timeout=timeout)
+        ends[name] = {
+            (tp.topic, tp.partition): fut.result(timeout).offset for tp, fut in futures.items()
+        }
+    return {key: (ends["low"][key], ends["high"][key]) for key in ends["high"]}

@@ -35,6 +35,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from pipeline.assembler.assemble import Batch, Emission, KeyedCount, Output, key_from_row
 from pipeline.assembler.metrics import AssemblerMetrics
@@ -66,6 +68,7 @@ from pipeline.kafka import (
     partition_for,
     pause_while_idle,
     producer_config,
+    watermarks,
 )
 from pipeline.reader.state import ReaderStateStore
 from pipeline.topics import assembler_counts_topic, dlq_topic, doc_topic, raw_topic
@@ -288,6 +291,8 @@ class Assembler:
             consumer_config(self.bootstrap, self.settings.group_for(self.prefix), **group_config)
         )
         self.globals = Consumer(consumer_config(self.bootstrap, f"{self.prefix}-assembler-global"))
+        self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        """Watermark queries, on a connection of their own (:func:`pipeline.kafka.watermarks`)."""
         try:
             self._assign_globals()
             self.group.subscribe(
@@ -558,16 +563,16 @@ class Assembler:
         """Every assigned input's (position to read from, high, low watermark), asked
         of the broker now."""
         out: dict[tuple[str, int], tuple[int, int, int]] = {}
-        for consumer, tps in (
-            (self.group, self._assigned),
-            (self.globals, self.globals.assignment()),
-        ):
-            for tp in tps:
-                key = (tp.topic, tp.partition)
-                low, high = consumer.get_watermark_offsets(tp, cached=False, timeout=10)
-                start = max(low, self._positions.get(key, 0))
-                out[key] = (start, high, low)
+        for key, (low, high) in self._watermarks([*self._assigned, *self.globals.assignment()]):
+            out[key] = (max(low, self._positions.get(key, 0)), high, low)
         return out
+
+    def _watermarks(
+        self, partitions: list[TopicPartition]
+    ) -> Iterable[tuple[tuple[str, int], tuple[int, int]]]:
+        """``((topic, partition), (low, high))`` of ``partitions``, in one round trip per
+        broker on a connection of their own (:func:`pipeline.kafka.watermarks`)."""
+        return watermarks(self._admin, partitions).items()
 
     # -- taking partitions over ---------------------------------------------------------
 

@@ -19,7 +19,7 @@ from pipeline.assembler.service import Assembler
 
 
 class _Ends:
-    """Answers ``get_watermark_offsets`` from a dict the test changes between calls."""
+    """Answers watermark queries from a dict the test changes between calls."""
 
     def __init__(self, ends: dict[tuple[str, int], int], assigned: list[TopicPartition]) -> None:
         self.ends = ends
@@ -46,6 +46,9 @@ def _assembler(slack: int, window: float = 0.0) -> tuple[Assembler, _Ends, _Ends
     asm = Assembler.__new__(Assembler)
     asm.settings = SimpleNamespace(catch_up_slack=slack, catch_up_window=window)  # type: ignore[assignment]
     asm.group, asm.globals = group, globals_  # type: ignore[assignment]
+    asm._watermarks = lambda tps: [  # type: ignore[method-assign]
+        ((tp.topic, tp.partition), group.get_watermark_offsets(tp)) for tp in tps
+    ]
     asm._assigned = owned
     asm._targets = {("p.public.products", 0): 100, ("p.public.brands", 0): 5}
     asm._positions = {("p.public.products", 0): 100, ("p.public.brands", 0): 5}
